@@ -1,0 +1,67 @@
+"""The margin interface: what every margin strategy receives and returns, and the registry.
+
+A strategy turns detached per-pair quantities (current reward gaps, labels, gold rewards,
+embeddings) into a target margin m [B] and an `active` mask [B]: pairs where `active` is False
+keep plain Bradley-Terry (m = 0). Everything here is computed under `torch.no_grad()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+__all__ = ["MarginInputs", "Margins", "MarginStrategy", "check_margin_shape"]
+
+
+@dataclass(frozen=True)
+class MarginInputs:
+    """Detached per-pair inputs of a margin strategy. B = pairs in the (micro-)batch.
+
+    reward_gap:   [B] current Δ = r_c - r_r, detached.
+    label_margin: [B] the data's own margin column, NaN where absent.
+    score_gap:    [B] score_chosen - score_rejected, NaN where absent.
+    gold_gap:     [B] gold_chosen - gold_rejected (synthetic worlds), NaN where absent.
+    step:         optimiser steps taken so far.
+    chosen_embeddings / rejected_embeddings: [B, D] detached, when the strategy asks for them.
+    """
+
+    reward_gap: torch.Tensor
+    label_margin: torch.Tensor
+    score_gap: torch.Tensor
+    gold_gap: torch.Tensor
+    step: int = 0
+    chosen_embeddings: torch.Tensor | None = None
+    rejected_embeddings: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Margins:
+    """A strategy's output: target_margin [B] (detached), active [B] bool, detached diagnostics."""
+
+    target_margin: torch.Tensor
+    active: torch.Tensor
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class MarginStrategy(Protocol):
+    """What the training step calls. `needs` names the optional inputs it reads
+    ("label_margin", "score_gap", "gold_gap", "embeddings") so setup can check the data has them."""
+
+    needs: frozenset[str]
+
+    def __call__(self, inputs: MarginInputs) -> Margins: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def check_margin_shape(margin: torch.Tensor, reward_gap: torch.Tensor, name: str) -> None:
+    """Raise unless `margin` is [B] like `reward_gap` ([B,1] - [B] would broadcast to [B,B])."""
+    if margin.shape != reward_gap.shape or margin.dim() != 1:
+        raise ValueError(
+            f"margin strategy {name!r} returned target_margin of shape {tuple(margin.shape)}; "
+            f"expected [B] = {tuple(reward_gap.shape)}"
+        )
