@@ -1,0 +1,143 @@
+"""Pair tokenisation for reward models: template, special tokens, and truncation that keeps responses.
+
+Prompt and response are tokenised separately and concatenated, so the boundary between them is
+known exactly (the response mask and the pre-flight check use it):
+
+    causal LM: [bos?] prompt  response  eos        (reward read at the eos)
+    encoder:   [cls]  prompt  [sep] response [sep] (reward read by the model's own pooler)
+
+Truncation keeps the responses: the prompt (shared by chosen and rejected, cut identically) loses
+tokens from the left first; only when that is not enough are the responses cut from the right.
+Every cut is recorded in the data ledger; nothing is dropped unless `on_too_long="drop"`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from marginkit.data.ledger import Ledger
+from marginkit.data.schema import DataError, Pair, prompt_text
+
+__all__ = ["TokenizeConfig", "EncodedPair", "encode_pair", "encode_pairs"]
+
+
+@dataclass
+class TokenizeConfig:
+    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response (+ special tokens)."})
+    template: Literal["auto", "plain", "chat"] = field(
+        default="auto",
+        metadata={"help": "chat: the tokenizer's chat template; plain: prompt text then response text; "
+                  "auto: chat when the tokenizer has a template and the prompt is a message list."},
+    )
+    append_eos: bool = field(default=True, metadata={"help": "Causal LMs: end each response with EOS (the reward token)."})
+    on_too_long: Literal["truncate", "drop", "error"] = field(
+        default="truncate", metadata={"help": "Over-long pairs: truncate (prompt left first), drop (counted), or error."}
+    )
+    min_prompt_tokens: int = field(
+        default=8, metadata={"help": "Prompt tokens kept before responses start being cut."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise ValueError(f"tokenize.max_length={self.max_length}: must be >= 8")
+        if self.min_prompt_tokens < 0:
+            raise ValueError(f"tokenize.min_prompt_tokens={self.min_prompt_tokens}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """Token ids of one pair. prompt_len counts the leading tokens that belong to the prompt."""
+
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    prompt_len: int
+    label_margin: float
+    score_gap: float
+    gold_gap: float
+    index: int  # position of the pair in its dataset (for error messages and the ledger)
+
+
+def _split_template(pair: Pair, tokenizer: Any, template: str) -> tuple[str, str, str, bool]:
+    """Return (prompt_text, chosen_text, rejected_text, used_chat_template)."""
+    use_chat = template == "chat" or (
+        template == "auto" and not isinstance(pair.prompt, str) and getattr(tokenizer, "chat_template", None)
+    )
+    if not use_chat:
+        return prompt_text(pair.prompt), pair.chosen, pair.rejected, False
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("tokenize.template='chat' but the tokenizer has no chat template; use 'plain'")
+    messages = [{"role": "user", "content": pair.prompt}] if isinstance(pair.prompt, str) else list(pair.prompt)
+    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    texts = []
+    for response in (pair.chosen, pair.rejected):
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+        if not full.startswith(head):
+            raise ValueError("chat template output does not start with the generation prompt; use template='plain'")
+        texts.append(full[len(head):])
+    return head, texts[0], texts[1], True
+
+
+def _special_layout(tokenizer: Any, is_encoder: bool, append_eos: bool, chat: bool) -> tuple[list[int], list[int], list[int]]:
+    """(lead, middle, tail) special ids around prompt and response."""
+    if is_encoder:
+        return [tokenizer.cls_token_id], [tokenizer.sep_token_id], [tokenizer.sep_token_id]
+    lead = [tokenizer.bos_token_id] if (tokenizer.bos_token_id is not None and not chat) else []
+    tail = [tokenizer.eos_token_id] if (append_eos and tokenizer.eos_token_id is not None) else []
+    return lead, [], tail
+
+
+def encode_pair(
+    pair: Pair, index: int, tokenizer: Any, cfg: TokenizeConfig, ledger: Ledger, is_encoder: bool = False
+) -> EncodedPair | None:
+    """Tokenise one pair, truncating as configured. Returns None only for a pair dropped by policy."""
+    p_text, c_text, r_text, chat = _split_template(pair, tokenizer, cfg.template)
+    lead, middle, tail = _special_layout(tokenizer, is_encoder, cfg.append_eos, chat)
+    p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(c_text, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(r_text, add_special_tokens=False)["input_ids"]
+    n_special = len(lead) + len(middle) + len(tail)
+    excess = n_special + len(p_ids) + max(len(c_ids), len(r_ids)) - cfg.max_length
+    where = f"pair {index}" + (f" (id {pair.id})" if pair.id else "")
+    if excess > 0:
+        if cfg.on_too_long == "error":
+            raise DataError(where, None, "prompt/chosen/rejected", f"{excess} tokens over max_length={cfg.max_length}",
+                            "raise tokenize.max_length or use tokenize.on_too_long=truncate")
+        if cfg.on_too_long == "drop":
+            ledger.drop("too_long", where)
+            return None
+        cut_prompt = min(excess, max(len(p_ids) - cfg.min_prompt_tokens, 0))
+        if cut_prompt:
+            p_ids = p_ids[cut_prompt:]
+            ledger.truncate("prompt_left", cut_prompt, where)
+        room = cfg.max_length - n_special - len(p_ids)
+        if room < 1:
+            raise DataError(where, None, "prompt", f"no room for a response within max_length={cfg.max_length}",
+                            "lower tokenize.min_prompt_tokens or raise max_length")
+        for side, ids in (("chosen_right", c_ids), ("rejected_right", r_ids)):
+            if len(ids) > room:
+                ledger.truncate(side, len(ids) - room, where)
+        c_ids, r_ids = c_ids[:room], r_ids[:room]
+    prompt = lead + p_ids + middle
+    return EncodedPair(
+        chosen_ids=prompt + c_ids + tail,
+        rejected_ids=prompt + r_ids + tail,
+        prompt_len=len(prompt),
+        label_margin=math.nan if pair.margin is None else float(pair.margin),
+        score_gap=pair.score_gap,
+        gold_gap=pair.gold_gap,
+        index=index,
+    )
+
+
+def encode_pairs(
+    pairs: list[Pair], tokenizer: Any, cfg: TokenizeConfig, ledger: Ledger, is_encoder: bool = False
+) -> list[EncodedPair]:
+    """Tokenise every pair; dropped pairs (policy `drop`) are counted in `ledger`."""
+    out = []
+    for i, pair in enumerate(pairs):
+        enc = encode_pair(pair, i, tokenizer, cfg, ledger, is_encoder)
+        if enc is not None:
+            out.append(enc)
+    return out

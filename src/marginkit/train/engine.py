@@ -1,0 +1,279 @@
+"""The training engine, on Accelerate: data order, accumulation, clipping, logging, checkpoints, resume.
+
+One engine serves every step function (reward models now, DPO later). The step computes a loss
+*sum* over its micro-batch's pairs; the engine divides by the number of pairs in the optimizer
+step, so 4 micro-batches of 2 give exactly the gradient of one batch of 8, whatever the last
+batch's size. Metrics are summed over every micro-batch of a logging window, reduced across
+processes, and turned into numbers only when logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from marginkit.train.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from marginkit.train.rm_step import StepOutput
+
+__all__ = ["TrainConfig", "NonFiniteLossError", "Engine", "epoch_order"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. Defaults follow the reward-margin paper (seed 000): AdamW,
+    lr 9e-6, one epoch. Differences from TRL, whose RewardConfig inherits transformers'
+    TrainingArguments: 3% linear warm-up then cosine decay (TrainingArguments: linear decay, no
+    warm-up), gradient clipping at 1.0 (the same), a zero-initialised reward head (see ModelConfig)."""
+
+    output_dir: str = field(default="runs/rm", metadata={"help": "Run folder: metrics, checkpoints, plots."})
+    seed: int = field(default=42, metadata={"help": "Seed for data order, dropout and init."})
+    learning_rate: float = field(default=9e-6, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    num_epochs: int = field(default=1, metadata={"help": "Passes over the training pairs."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
+    batch_size: int = field(default=8, metadata={"help": "Pairs per micro-batch, all processes together."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    lr_scheduler: Literal["cosine", "linear", "constant"] = field(default="cosine", metadata={"help": "Decay after warm-up."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps with linear warm-up."})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Clip the global grad norm (None: no clipping)."})
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
+        default="auto", metadata={"help": "auto: bf16 on a GPU that supports it, else no."})
+    log_every: int = field(default=10, metadata={"help": "Optimizer steps per logged line."})
+    eval_every: int = field(default=0, metadata={"help": "Evaluate every k optimizer steps (0: only at the end)."})
+    save_every: int = field(default=0, metadata={"help": "Checkpoint every k optimizer steps (0: only the final model)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest removed)."})
+    resume_from: str | None = field(default=None, metadata={"help": "Checkpoint folder, or 'latest' in output_dir."})
+    report_to: list[str] = field(default_factory=list, metadata={
+        "help": "Extra trackers via Accelerate (tensorboard, wandb, trackio); JSONL is always written."})
+    progress_bar: bool = field(default=True, metadata={"help": "Show a progress bar on the main process."})
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "gradient_accumulation_steps", "num_epochs", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name}={getattr(self, name)}: must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"train.learning_rate={self.learning_rate}: must be > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"train.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+
+    @property
+    def pairs_per_step(self) -> int:
+        """Effective batch: pairs per optimizer step."""
+        return self.batch_size * self.gradient_accumulation_steps
+
+    def steps_per_epoch(self, n_pairs: int) -> int:
+        return math.ceil(math.ceil(n_pairs / self.batch_size) / self.gradient_accumulation_steps)
+
+    def total_steps(self, n_pairs: int) -> int:
+        full = self.steps_per_epoch(n_pairs) * self.num_epochs
+        return min(full, self.max_steps) if self.max_steps > 0 else full
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss or gradient is NaN/inf; names the step, the pairs and the term."""
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The permutation of pair indices for one epoch: a pure function of (seed, epoch), so resume is exact."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=gen).tolist()
+
+
+StepFn = Callable[[Any, dict[str, torch.Tensor], int], StepOutput]
+
+
+class Engine:
+    """Runs a step function over data with an Accelerate-prepared model and optimizer."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, model: Any, optimizer: Any, scheduler: Any,
+                 collate: Callable, stateful: dict[str, Any] | None = None,
+                 save_model: Callable[[Path], None] | None = None, ids: Sequence[str] | None = None,
+                 log_fn: Callable[[dict[str, Any]], None] | None = None):
+        self.cfg, self.acc = cfg, accelerator
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.collate, self.stateful = collate, stateful or {}
+        self.save_model, self.ids, self.log_fn = save_model, ids, log_fn
+        self.step, self.epoch, self.batches_done = 0, 0, 0
+        self.out = Path(cfg.output_dir)
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.history: list[dict[str, Any]] = []
+
+    # ---- data ----
+    def _loader(self, data: Sequence[Any], epoch: int) -> DataLoader:
+        ordered = [data[i] for i in epoch_order(len(data), self.cfg.seed, epoch)]
+        loader = DataLoader(ordered, batch_size=self.cfg.batch_size, shuffle=False, collate_fn=self.collate)
+        return self.acc.prepare_data_loader(loader, device_placement=True)
+
+    def _windows(self, loader: Any):
+        window: list[dict[str, torch.Tensor]] = []
+        for batch in loader:
+            window.append(batch)
+            if len(window) == self.cfg.gradient_accumulation_steps:
+                yield window
+                window = []
+        if window:
+            yield window
+
+    # ---- one optimizer step ----
+    def _optimizer_step(self, step_fn: StepFn, window: list[dict[str, torch.Tensor]], sums: dict[str, torch.Tensor]):
+        n_pairs = sum(len(b["index"]) for b in window) * self.acc.num_processes  # global pairs in this step
+        bad = torch.zeros((), dtype=torch.bool, device=self.acc.device)
+        outputs: list[StepOutput] = []
+        for j, batch in enumerate(window):
+            last = j == len(window) - 1
+            sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
+            with sync, self.acc.autocast():
+                out = step_fn(self.model, batch, self.step)
+                loss = out.loss_sum * (self.acc.num_processes / n_pairs)
+            bad |= ~torch.isfinite(out.loss_sum)
+            self.acc.backward(loss)
+            outputs.append(out)
+            for k, v in out.stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["tokens"] = sums.get("tokens", 0.0) + batch["attention_mask"].sum()
+        grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm or float("inf"))
+        if bad.item() or not torch.isfinite(torch.as_tensor(grad_norm)).item():
+            self._raise_nonfinite(window, outputs, float(grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + torch.as_tensor(grad_norm, device=self.acc.device).float()
+        sums["steps"] = sums.get("steps", 0.0) + 1.0
+
+    def _raise_nonfinite(self, window: list[dict], outputs: list[StepOutput], grad_norm: float) -> None:
+        for j, (batch, out) in enumerate(zip(window, outputs)):
+            for term, values in out.terms.items():
+                bad = ~torch.isfinite(values)
+                if bad.any():
+                    idx = batch["index"][bad.cpu() if bad.device != batch["index"].device else bad].tolist()
+                    names = [self.ids[i] if self.ids else str(i) for i in idx][:8]
+                    raise NonFiniteLossError(
+                        f"non-finite loss at optimizer step {self.step + 1} (epoch {self.epoch}, micro-batch {j + 1} "
+                        f"of {len(window)}): term {term!r} is {values[bad][0].item()} for pairs {names}. Training "
+                        "stopped. Check the learning rate, the inputs of these pairs, and margins/labels for inf.")
+        raise NonFiniteLossError(
+            f"non-finite gradient norm ({grad_norm}) at optimizer step {self.step + 1} (epoch {self.epoch}) with "
+            "finite losses: an overflow in backward. Lower the learning rate or use bf16 instead of fp16.")
+
+    # ---- logging ----
+    def _log(self, sums: dict[str, torch.Tensor], started: float, extra: dict[str, float]) -> dict[str, Any]:
+        keys = sorted(sums)
+        values = torch.stack([torch.as_tensor(sums[k], device=self.acc.device).float() for k in keys])
+        values = self.acc.reduce(values, reduction="sum").tolist()
+        total = dict(zip(keys, values))
+        count, steps = total.pop("count"), total.pop("steps") / self.acc.num_processes
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
+        sq = total.pop("target_margins/sq", None)
+        for k, v in total.items():
+            if k not in ("tokens", "grad_norm"):
+                row[k] = v / count
+        if sq is not None:
+            row["target_margins/std"] = math.sqrt(max(sq / count - row["target_margins/mean"] ** 2, 0.0))
+        row["grad_norm"] = total["grad_norm"] / self.acc.num_processes / steps
+        row["learning_rate"] = self.scheduler.get_last_lr()[0]
+        row["tokens_per_second"] = total["tokens"] / elapsed
+        row["pairs_per_second"] = count / elapsed
+        row.update(extra)
+        self.write_row(row)
+        return row
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        """Append one metrics line (main process) and forward it to the trackers."""
+        self.history.append(row)
+        if self.acc.is_main_process:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        self.acc.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        if self.log_fn is not None:
+            self.log_fn(row)
+
+    # ---- checkpoints ----
+    def save(self) -> Path | None:
+        self.acc.wait_for_everyone()
+        path = None
+        if self.acc.is_main_process and self.save_model is not None:
+            state = {
+                "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(), "stateful": {k: v.state_dict() for k, v in self.stateful.items()},
+            }
+            path = save_checkpoint(self.out / "checkpoints" / f"step-{self.step:06d}",
+                                   lambda p: self.save_model(p), state, keep=self.cfg.save_total_limit)
+        self.acc.wait_for_everyone()
+        return path
+
+    def resume(self, where: str) -> None:
+        path = latest_checkpoint(self.out) if where == "latest" else Path(where)
+        if path is None:
+            raise FileNotFoundError(f"train.resume_from=latest but {self.out}/checkpoints has no checkpoint")
+        state = load_trainer_state(path)
+        from safetensors.torch import load_file
+
+        weights = load_file(str(next((path / "model").glob("*.safetensors"))))
+        self.acc.unwrap_model(self.model).load_state_dict(weights, strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for k, obj in self.stateful.items():
+            obj.load_state_dict(state["stateful"][k])
+        set_rng_state(state["rng"])
+        self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
+        if self.step == 0 and self.batches_done == 0:
+            return
+        self.acc.print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batches_done})")
+
+    # ---- the loop ----
+    def fit(self, step_fn: StepFn, data: Sequence[Any], evaluate: Callable[[int], dict[str, float]] | None = None) -> None:
+        cfg = self.cfg
+        total = cfg.total_steps(len(data))
+        self.out.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=total, initial=self.step, desc="train", disable=not (cfg.progress_bar and self.acc.is_main_process),
+                   dynamic_ncols=True)
+        sums: dict[str, torch.Tensor] = {}
+        started = time.perf_counter()
+        self.model.train()
+        while self.step < total and self.epoch < cfg.num_epochs:
+            loader = self._loader(data, self.epoch)
+            if self.batches_done:
+                loader = self.acc.skip_first_batches(loader, self.batches_done)
+            for window in self._windows(loader):
+                self._optimizer_step(step_fn, window, sums)
+                self.step += 1
+                self.batches_done += len(window)
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    row = self._log(sums, started, {})
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.3f}")
+                    sums, started = {}, time.perf_counter()
+                if evaluate is not None and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < total:
+                    self.write_row({"step": self.step, "epoch": self.epoch, **evaluate(self.step)})
+                    self.model.train()
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save()
+                if self.step >= total:
+                    break
+            else:
+                self.epoch += 1
+                self.batches_done = 0
+        bar.close()
+        if evaluate is not None:
+            self.write_row({"step": self.step, "epoch": self.epoch, **evaluate(self.step)})

@@ -1,0 +1,192 @@
+"""`train-rm`: load pairs and a backbone, check them, train with a margin strategy, save an HF reward model.
+
+The pipeline: records -> validated pairs (ledger) -> token pairs -> pre-flight check ->
+Engine.fit(rm_step) -> final model (plain HF folder) + metrics.jsonl + ledger.json + config.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from marginkit.config import RMRunConfig
+from marginkit.configlib import to_dict
+from marginkit.data.collate import PairCollator, collate_pairs
+from marginkit.data.ledger import Ledger
+from marginkit.data.schema import DataError, Pair
+from marginkit.data.tokenize import EncodedPair, encode_pairs
+from marginkit.diagnostics.preflight import PreflightError, check_reward_tokens
+from marginkit.evaluate.scorer import score_encoded
+from marginkit.margins import MarginStrategy, build_margin
+from marginkit.models.reward import is_encoder, load_reward_model, save_reward_model
+from marginkit.train.engine import Engine
+from marginkit.train.rm_step import rm_step
+
+__all__ = ["RMRunResult", "train_reward_model", "make_accelerator", "check_margin_inputs"]
+
+_NEEDS_FIELD = {"score_gap": ("score_gap", "score_chosen/score_rejected"), "label_margin": ("label_margin", "margin"),
+                "gold_gap": ("gold_gap", "gold_chosen/gold_rejected")}
+
+
+@dataclass
+class RMRunResult:
+    output_dir: Path
+    model_dir: Path
+    history: list[dict[str, Any]]
+    ledger: Ledger
+    eval_gaps: np.ndarray | None  # [B] Δ on the eval pairs after training
+
+
+def make_accelerator(train_cfg: Any) -> Accelerator:
+    precision = train_cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    acc = Accelerator(split_batches=True, mixed_precision=precision, log_with=train_cfg.report_to or None,
+                      project_dir=train_cfg.output_dir)
+    if train_cfg.batch_size % acc.num_processes:
+        raise ValueError(f"train.batch_size={train_cfg.batch_size} must be divisible by the {acc.num_processes} "
+                         "processes (it is the global micro-batch, split between them)")
+    return acc
+
+
+def check_margin_inputs(strategy: MarginStrategy, name: str, encoded: Sequence[EncodedPair], pairs: Sequence[Pair],
+                        source: str) -> None:
+    """Fail at setup, naming the first pair, when the data lacks what the margin strategy reads."""
+    for need in sorted(strategy.needs - {"embeddings"}):
+        attr, field_name = _NEEDS_FIELD[need]
+        for enc in encoded:
+            if not math.isfinite(getattr(enc, attr)):
+                pair = pairs[enc.index]
+                raise DataError(source, enc.index, field_name,
+                                f"missing, but margin strategy {name!r} needs it for every pair"
+                                + (f" (pair id {pair.id})" if pair.id else ""),
+                                "use a strategy that does not need it, or data that has it")
+
+
+def _load(source: str, cfg: RMRunConfig, ledger: Ledger) -> list[Pair]:
+    from marginkit.data.load import load_pairs
+
+    pairs, _ = load_pairs(source, format=cfg.data.format, on_invalid=cfg.data.on_invalid, ledger=ledger)
+    return pairs
+
+
+def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, eval_pairs: list[Pair] | None = None,
+                       console: Callable[[str], None] = print) -> RMRunResult:
+    """Train an RM as configured; pairs may be passed in memory instead of `cfg.data.train`/`eval`."""
+    acc = make_accelerator(cfg.train)
+    say = console if acc.is_main_process else (lambda _: None)
+    set_seed(cfg.train.seed)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if cfg.train.resume_from is None and (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+
+    model, tokenizer = load_reward_model(cfg.model)
+    tokenizer.padding_side = cfg.data.padding_side
+    encoder = is_encoder(model)
+    ledger = Ledger()
+    train_pairs = train_pairs if train_pairs is not None else _load(cfg.data.train, cfg, ledger)
+    if train_pairs and not ledger.rows_read:
+        ledger.read(len(train_pairs))
+        ledger.keep(len(train_pairs))
+    train_set = encode_pairs(train_pairs, tokenizer, cfg.data.tokenize, ledger, encoder)
+    eval_ledger = Ledger()
+    if eval_pairs is None and cfg.data.eval:
+        eval_pairs = _load(cfg.data.eval, cfg, eval_ledger)
+    eval_set = encode_pairs(eval_pairs, tokenizer, cfg.data.tokenize, eval_ledger, encoder) if eval_pairs else []
+    ledger.write(out / "ledger.json")
+    say(f"data: {ledger.summary()}")
+    if not train_set:
+        raise ValueError("no training pairs left after loading; see the ledger above")
+
+    strategy = build_margin(cfg.margin)
+    check_margin_inputs(strategy, cfg.margin.name, train_set, train_pairs, cfg.data.train or "train pairs")
+    collate = PairCollator(tokenizer.pad_token_id, cfg.data.padding_side)
+    if cfg.preflight != "off":
+        _preflight(train_set, collate, tokenizer, encoder, cfg, say)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay,
+                                  betas=(cfg.train.adam_beta1, cfg.train.adam_beta2))
+    total = cfg.train.total_steps(len(train_set))
+    scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total),
+                              num_training_steps=total)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    if cfg.train.report_to:
+        acc.init_trackers("marginkit", config=_flat(to_dict(cfg)))
+    say(f"training {cfg.margin.name!r} RM: {len(train_set)} pairs, {total} steps of {cfg.train.pairs_per_step} pairs, "
+        f"{acc.num_processes} process(es), precision {acc.mixed_precision}")
+
+    def save_model(path: Path) -> None:
+        save_reward_model(acc.unwrap_model(model), tokenizer, path)
+
+    engine = Engine(cfg.train, acc, model, optimizer, scheduler, collate, stateful={"margin": strategy},
+                    save_model=save_model, ids=[p.id or f"#{i}" for i, p in enumerate(train_pairs)])
+    if cfg.train.resume_from:
+        engine.resume(cfg.train.resume_from)
+    evaluate = partial(_evaluate, acc, model, eval_set, tokenizer.pad_token_id, cfg) if eval_set else None
+    step_fn = partial(_step, strategy=strategy, center=cfg.loss.center_rewards_coefficient)
+    engine.fit(step_fn, train_set, evaluate)
+
+    model_dir = out / "model"
+    if acc.is_main_process:
+        save_model(model_dir)
+    acc.wait_for_everyone()
+    acc.end_training()
+    gaps = None
+    if eval_set:
+        c, r = score_encoded(acc.unwrap_model(model), eval_set, tokenizer.pad_token_id, cfg.data.padding_side)
+        gaps = c - r
+    return RMRunResult(out, model_dir, engine.history, ledger, gaps)
+
+
+def _step(model: Any, batch: dict[str, torch.Tensor], step: int, strategy: MarginStrategy, center: float):
+    return rm_step(model, batch, strategy, step, center)
+
+
+def _evaluate(acc: Accelerator, model: Any, eval_set: list[EncodedPair], pad_id: int, cfg: RMRunConfig,
+              step: int) -> dict[str, float]:
+    c, r = score_encoded(acc.unwrap_model(model), eval_set, pad_id, cfg.data.padding_side)
+    gap = c - r
+    loss = np.logaddexp(0.0, -gap)  # BT loss without margin: comparable across strategies
+    return {"eval_loss": float(loss.mean()), "eval_rewards/accuracies": float(((gap > 0) + 0.5 * (gap == 0)).mean()),
+            "eval_rewards/margins": float(gap.mean()), "eval_rewards/chosen": float(c.mean()),
+            "eval_rewards/rejected": float(r.mean())}
+
+
+def _preflight(train_set: list[EncodedPair], collate: PairCollator, tokenizer: Any, encoder: bool,
+               cfg: RMRunConfig, say: Callable[[str], None]) -> None:
+    n = min(len(train_set), 4 * cfg.train.batch_size)
+    batch = collate_pairs(train_set[:n], collate.pad_id, collate.padding_side)
+    try:
+        report = check_reward_tokens(batch, tokenizer, encoder)
+    except PreflightError as e:
+        if cfg.preflight == "error":
+            raise
+        say(f"WARNING pre-flight: {e}")
+        return
+    top = ", ".join(f"{t!r} x{c}" for t, c in sorted(report.tokens_seen.items(), key=lambda x: -x[1])[:3])
+    say(f"pre-flight: rewards read at {'the pooled [CLS]' if encoder else 'the last real token'} of "
+        f"{report.n_rows} rows ({top})")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+    return out

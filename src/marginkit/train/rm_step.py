@@ -1,0 +1,70 @@
+"""One reward-model training step: forward -> rewards -> margins -> BT loss -> metrics.
+
+Read top to bottom; the engine (train/engine.py) does backward, accumulation and logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from marginkit.losses import bt_loss, centering_penalty
+from marginkit.margins import MarginInputs, MarginStrategy, check_margin_shape
+from marginkit.models.reward import score_batch
+
+__all__ = ["StepOutput", "rm_step"]
+
+
+@dataclass
+class StepOutput:
+    """loss_sum: sum over the micro-batch's pairs (with grad; the engine normalises).
+    terms: per-pair detached loss terms [B] (to name the culprit of a NaN).
+    stats: metric sums over pairs (detached), keyed by metric name, plus "count"."""
+
+    loss_sum: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    stats: dict[str, torch.Tensor]
+
+
+def rm_step(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    margin_fn: MarginStrategy,
+    step: int,
+    center_coef: float = 0.0,
+) -> StepOutput:
+    """Bradley-Terry step with a target margin on one micro-batch of B pairs ([2B, T] tokens)."""
+    with_hidden = "embeddings" in margin_fn.needs
+    rewards, hidden = score_batch(model, batch["input_ids"], batch["attention_mask"], with_hidden)  # [2B]
+    chosen, rejected = rewards.chunk(2)  # [2B] -> [B], [B]
+    reward_gap = (chosen - rejected).detach()  # [B]
+    emb_c, emb_r = hidden.chunk(2) if hidden is not None else (None, None)  # [2B, D] -> [B, D] x 2
+    margins = margin_fn(MarginInputs(reward_gap, batch["label_margin"], batch["score_gap"], batch["gold_gap"],
+                                     step, emb_c, emb_r))
+    check_margin_shape(margins.target_margin, reward_gap, type(margin_fn).__name__)
+    target_margin = torch.where(margins.active, margins.target_margin, 0.0).detach()  # [B]; inactive pairs: plain BT
+    bt = bt_loss(chosen, rejected, target_margin).losses  # [B]
+    center = center_coef * centering_penalty(chosen, rejected) if center_coef else torch.zeros_like(bt)  # [B]
+    per_pair_loss = bt + center  # [B]
+
+    with torch.no_grad():
+        active = margins.active.float()
+        stats = {
+            "loss": per_pair_loss.detach().sum(),
+            "rewards/chosen": chosen.detach().sum(),
+            "rewards/rejected": rejected.detach().sum(),
+            "rewards/margins": reward_gap.sum(),
+            "rewards/accuracies": (reward_gap > 0).float().sum(),
+            "target_margins/mean": target_margin.sum(),
+            "target_margins/sq": (target_margin**2).sum(),
+            "target_margins/active_fraction": active.sum(),
+            "diagnostics/margin_exceeds_gap": ((target_margin > reward_gap) & margins.active).float().sum(),
+            "count": torch.tensor(float(len(bt)), device=bt.device),
+        }
+        for name, value in margins.diagnostics.items():
+            stats[f"target_margins/{name}"] = value.float().sum() if value.dim() else value.float() * len(bt)
+    terms = {"bt": bt.detach(), "center": center.detach(), "rewards/chosen": chosen.detach(),
+             "rewards/rejected": rejected.detach()}
+    return StepOutput(per_pair_loss.sum(), terms, stats)
