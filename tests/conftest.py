@@ -1,0 +1,34 @@
+"""Shared fixtures: quiet transformers, a word tokenizer and a tiny GPT-NeoX folder built offline."""
+
+from pathlib import Path
+
+import pytest
+import transformers
+
+from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
+
+WORDS = ("please help me choose a good answer the question is about cats dogs birds fish food water "
+         "yes no maybe great fine bad awful ok short long quick slow").split()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_transformers():
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    return build_word_tokenizer(list(WORDS))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, word_tokenizer) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "neox", word_tokenizer, hidden_size=32)
+
+
+def shared_data_dir() -> Path:
+    import os
+
+    env = os.environ.get("MARGINKIT_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,0 +1,86 @@
+"""Margin strategies: detached [B] outputs for every registered strategy, hand-worked values, reductions to BT."""
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from marginkit.margins import MARGINS, MarginInputs, MarginSpec, build_margin
+from marginkit.margins.fixed import FixedMargin, FixedMarginConfig
+from marginkit.margins.label import LabelMargin, LabelMarginConfig
+from marginkit.margins.oracle import OracleMargin, OracleMarginConfig
+
+NAN = math.nan
+
+
+def inputs(gap, label=None, score=None, gold=None, emb=False):
+    gap = torch.tensor(gap, requires_grad=False)
+    full = lambda v: torch.tensor(v) if v is not None else torch.full_like(gap, NAN)  # noqa: E731
+    e = torch.randn(len(gap), 4) if emb else None
+    return MarginInputs(gap, full(label), full(score), full(gold), 0, e, e)
+
+
+@pytest.mark.parametrize("name", sorted(MARGINS))
+def test_every_strategy_detached_shape_b(name):
+    gap = torch.tensor([0.5, -0.2, 1.0], requires_grad=True)  # even a grad-carrying gap must not leak
+    x = MarginInputs(gap, torch.ones(3), torch.ones(3), torch.ones(3), 0, torch.randn(3, 4), torch.randn(3, 4))
+    out = build_margin(MarginSpec(name=name))(x)
+    assert out.target_margin.shape == (3,) and out.active.shape == (3,)
+    assert out.target_margin.requires_grad is False and out.active.dtype == torch.bool
+    assert all(not v.requires_grad for v in out.diagnostics.values())
+
+
+def test_none_is_plain_bt():
+    out = build_margin(MarginSpec(name="none"))(inputs([1.0, 2.0]))
+    assert_close(out.target_margin, torch.zeros(2))
+    assert not out.active.any()
+
+
+def test_fixed_value_and_zero_reduces_to_bt():
+    out = FixedMargin(FixedMarginConfig(value=1.5))(inputs([0.0, 3.0]))
+    assert_close(out.target_margin, torch.tensor([1.5, 1.5]))
+    assert_close(FixedMargin(FixedMarginConfig(value=0.0))(inputs([0.0])).target_margin, torch.zeros(1))
+
+
+def test_label_score_gap_scaled_and_clipped():
+    # scores 7-3 = 4, 5-5 = 0, 2-6 = -4; scale 0.5 -> 2, 0, -2; clip [0, 1.5] -> 1.5, 0, 0
+    cfg = LabelMarginConfig(source="score_gap", scale=0.5, min_margin=0.0, max_margin=1.5)
+    out = LabelMargin(cfg)(inputs([0.0, 0.0, 0.0], score=[4.0, 0.0, -4.0]))
+    assert_close(out.target_margin, torch.tensor([1.5, 0.0, 0.0]))
+
+
+def test_label_level_table():
+    # Llama-2 small table on rounded score gaps: 3 -> 1, 2 -> 2/3, 1 -> 1/3, 0 -> 0; 1.6 rounds to 2
+    table = {0: 0.0, 1: 1 / 3, 2: 2 / 3, 3: 1.0}
+    out = LabelMargin(LabelMarginConfig(table=table))(inputs([0.0] * 4, score=[3.0, 1.6, 1.0, 0.0]))
+    assert_close(out.target_margin, torch.tensor([1.0, 2 / 3, 1 / 3, 0.0]))
+    with pytest.raises(ValueError, match=r"levels \[5\]"):
+        LabelMargin(LabelMarginConfig(table=table))(inputs([0.0], score=[5.0]))
+
+
+def test_label_margin_column_and_missing_label():
+    out = LabelMargin(LabelMarginConfig(source="margin", scale=2.0))(inputs([0.0, 0.0], label=[0.25, 1.0]))
+    assert_close(out.target_margin, torch.tensor([0.5, 2.0]))
+    with pytest.raises(ValueError, match=r"batch positions \[1\]"):
+        LabelMargin()(inputs([0.0, 0.0], score=[1.0, NAN]))
+
+
+def test_oracle_uses_gold_gap():
+    out = OracleMargin(OracleMarginConfig(scale=2.0))(inputs([0.0, 0.0], gold=[0.5, -0.25]))
+    assert_close(out.target_margin, torch.tensor([1.0, -0.5]))
+    with pytest.raises(ValueError, match="gold"):
+        OracleMargin()(inputs([0.0]))
+
+
+def test_needs_declared():
+    assert LabelMargin().needs == {"score_gap"}
+    assert LabelMargin(LabelMarginConfig(source="margin")).needs == {"label_margin"}
+    assert OracleMargin().needs == {"gold_gap"}
+
+
+def test_unknown_strategy_lists_registry():
+    spec = MarginSpec()
+    spec.name = "magic"  # bypass Literal typing on purpose
+    with pytest.raises(ValueError, match="known"):
+        build_margin(spec)
