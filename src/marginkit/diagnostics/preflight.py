@@ -52,8 +52,10 @@ def check_reward_tokens(batch: dict[str, torch.Tensor], tokenizer: Any, encoder:
     for r in rows.tolist():
         context = tokenizer.decode(ids[r, max(0, pos[r] - 8): pos[r] + 1])
         if mask[r, pos[r]] == 0 or ids[r, pos[r]] == tokenizer.pad_token_id:
-            raise PreflightError(f"{where(r)}: the reward token is padding ...{context!r}. The pad token "
-                                 f"{tokenizer.pad_token!r} occurs inside the text or the attention mask is wrong.")
+            cause = ("the tokenizer pads with EOS (pad = EOS), so the EOS the reward is read at counts as padding: "
+                     "give the tokenizer its own pad token" if tokenizer.pad_token_id == tokenizer.eos_token_id else
+                     f"the pad token {tokenizer.pad_token!r} occurs inside the text or the attention mask is wrong")
+            raise PreflightError(f"{where(r)}: the reward token is padding (...{context!r}); {cause}.")
         if hf[r] != pos[r]:
             raise PreflightError(
                 f"{where(r)}: Hugging Face would read the reward at position {int(hf[r])} but the last real token "
