@@ -1,0 +1,216 @@
+"""Report plots (matplotlib, PNG): training curves, reward-gap histograms, bucketed accuracy, reliability.
+
+Every function draws on its own `matplotlib.figure.Figure` (no pyplot, no global state, no
+backend switch), writes one PNG at `out` (parent folders created) and returns `out`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from marginkit.evaluate.metrics import Bucket, Calibration, pairwise_accuracy
+
+__all__ = [
+    "plot_accuracy_by_bucket",
+    "plot_margin_histograms",
+    "plot_reliability",
+    "plot_training_curves",
+    "read_metrics_jsonl",
+]
+
+_DPI = 110
+
+# One curve: (steps, values), both [n_points].
+Series = tuple[np.ndarray, np.ndarray]
+
+
+def _color(i: int) -> tuple[float, float, float, float]:
+    return colormaps["tab10"](i % 10)
+
+
+def _save(fig: Figure, out: Path | str) -> Path:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, format="png")
+    return path
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_metrics_jsonl(path: Path | str, keys: Sequence[str]) -> dict[str, dict[str, Series]]:
+    """Read a metrics JSONL log into {key: {"train": (steps, values), "eval": (steps, values)}}.
+
+    Each non-blank line is a JSON object with an integer "step". A train value of `key` is
+    `line[key]`; an eval value is `line["eval_" + key]` (TRL's prefix), whichever line it is on.
+    Missing, null or non-finite values are skipped; points are sorted by step.
+    Raises ValueError naming the file and line for invalid JSON or a missing/non-numeric "step".
+    """
+    path = Path(path)
+    points: dict[str, dict[str, list[tuple[float, float]]]] = {k: {"train": [], "eval": []} for k in keys}
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {line_no}: invalid JSON ({err.msg})") from err
+            if not isinstance(record, dict) or not _is_number(record.get("step")):
+                raise ValueError(f'{path} line {line_no}: needs a JSON object with a numeric "step"')
+            for key in keys:
+                for split, name in (("train", key), ("eval", f"eval_{key}")):
+                    if _is_number(record.get(name)):
+                        points[key][split].append((float(record["step"]), float(record[name])))
+    result: dict[str, dict[str, Series]] = {}
+    for key, splits in points.items():
+        result[key] = {}
+        for split, pts in splits.items():
+            arr = np.array(sorted(pts), dtype=np.float64).reshape(-1, 2)
+            result[key][split] = (arr[:, 0], arr[:, 1])
+    return result
+
+
+def plot_training_curves(
+    metrics_jsonl_paths: Mapping[str, Path | str],
+    out: Path | str,
+    keys: Sequence[str] = ("loss", "rewards/accuracies", "rewards/margins"),
+) -> Path:
+    """One subplot per metric key, one colour per run (label = dict key): train as a line, eval as markers."""
+    if not metrics_jsonl_paths:
+        raise ValueError("metrics_jsonl_paths is empty: give at least one {run name: path}")
+    if not keys:
+        raise ValueError("keys is empty: give at least one metric name")
+    runs = {name: read_metrics_jsonl(path, keys) for name, path in metrics_jsonl_paths.items()}
+    fig = Figure(figsize=(4.2 * len(keys), 3.6), layout="constrained")
+    axes: Sequence[Axes] = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys):
+        drawn = False
+        for i, (name, series) in enumerate(runs.items()):
+            steps, values = series[key]["train"]
+            if steps.size:
+                ax.plot(steps, values, color=_color(i), lw=1.4, label=f"{name} train")
+                drawn = True
+            steps, values = series[key]["eval"]
+            if steps.size:
+                ax.plot(steps, values, color=_color(i), ls="--", marker="o", ms=5, label=f"{name} eval")
+                drawn = True
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle("Training curves")
+    return _save(fig, out)
+
+
+def plot_margin_histograms(
+    gaps: Mapping[str, np.ndarray],
+    out: Path | str,
+    title: str = "Reward gap Δ = r_chosen − r_rejected",
+    bins: int = 40,
+) -> Path:
+    """Overlaid histograms of Δ [B] per run on shared bin edges, with Δ = 0 marked; legend gives B and accuracy."""
+    if not gaps:
+        raise ValueError("gaps is empty: give at least one {run name: reward_gap [B]}")
+    accuracies = {name: pairwise_accuracy(gap) for name, gap in gaps.items()}  # validates each [B]
+    arrays = {name: np.asarray(gap, dtype=np.float64) for name, gap in gaps.items()}
+    edges = np.histogram_bin_edges(np.concatenate(list(arrays.values())), bins=bins)
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, gap) in enumerate(arrays.items()):
+        label = f"{name} (B={gap.size}, acc={accuracies[name]:.3f})"
+        ax.hist(gap, bins=edges, color=_color(i), alpha=0.35, label=label)
+        ax.hist(gap, bins=edges, color=_color(i), histtype="step", lw=1.4)
+    ax.axvline(0.0, color="black", lw=1.0, ls=":", label="Δ = 0")
+    ax.set_title(title)
+    ax.set_xlabel("reward gap Δ")
+    ax.set_ylabel("pairs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out)
+
+
+def _bucket_label(bucket: Bucket, last: bool) -> str:
+    return f"[{bucket.lo:.3g}, {bucket.hi:.3g}{']' if last else ')'}"
+
+
+def plot_accuracy_by_bucket(
+    buckets: Mapping[str, Sequence[Bucket]],
+    out: Path | str,
+    title: str = "Pairwise accuracy by bucket",
+    xlabel: str = "bucket of key (quantiles)",
+) -> Path:
+    """Grouped bars: accuracy per bucket (x) per run (colour), n above each bar, chance at 0.5.
+
+    Accepts `accuracy_by_bucket` results or lists of Buckets. When every run has the same edges
+    the ticks show the key ranges, otherwise bucket ordinals (runs may differ in bucket count).
+    """
+    if not buckets:
+        raise ValueError("buckets is empty: give at least one {run name: buckets}")
+    runs = {name: list(bs) for name, bs in buckets.items()}
+    n_slots = max((len(bs) for bs in runs.values()), default=0)
+    if n_slots == 0:
+        raise ValueError("every run has zero buckets: nothing to plot")
+    width = 0.8 / len(runs)
+    fig = Figure(figsize=(max(6.0, 1.4 * n_slots + 2.0), 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, bs) in enumerate(runs.items()):
+        x = np.arange(len(bs)) + (i - (len(runs) - 1) / 2) * width
+        bars = ax.bar(x, [b.accuracy for b in bs], width=width, color=_color(i), label=name)
+        ax.bar_label(bars, labels=[f"n={b.n}" for b in bs], fontsize="x-small", padding=2)
+    edge_sets = {tuple((b.lo, b.hi) for b in bs) for bs in runs.values()}
+    ticks = runs[next(iter(runs))]
+    if len(edge_sets) == 1:
+        labels = [_bucket_label(b, j == len(ticks) - 1) for j, b in enumerate(ticks)]
+    else:
+        labels = [f"bucket {j + 1}" for j in range(n_slots)]
+    ax.set_xticks(np.arange(n_slots), labels)
+    ax.axhline(0.5, color="black", lw=1.0, ls=":", label="chance")
+    ax.set_ylim(0.0, 1.25)  # headroom above 1.0 for the n labels and the legend
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("pairwise accuracy (ties ½)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", ncols=len(runs) + 1)
+    return _save(fig, out)
+
+
+def plot_reliability(calibrations: Mapping[str, Calibration], out: Path | str) -> Path:
+    """Reliability diagram: observed positive rate vs mean σ(Δ) per bin, per run, against the diagonal.
+
+    Marker area grows with the bin's share of evaluation points; the legend gives ECE and Brier.
+    """
+    if not calibrations:
+        raise ValueError("calibrations is empty: give at least one {run name: Calibration}")
+    fig = Figure(figsize=(5.4, 5.0), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0.0, 1.0], [0.0, 1.0], color="black", lw=1.0, ls=":", label="perfect calibration")
+    for i, (name, cal) in enumerate(calibrations.items()):
+        p = [b.p_mean for b in cal.bins]
+        frac = [b.frac_positive for b in cal.bins]
+        sizes = [20.0 + 300.0 * b.n / cal.n for b in cal.bins]
+        label = f"{name} (ECE={cal.ece:.3f}, Brier={cal.brier:.3f})"
+        ax.plot(p, frac, color=_color(i), lw=1.2, label=label)
+        ax.scatter(p, frac, s=sizes, color=_color(i), alpha=0.7, edgecolors="white")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_aspect("equal")
+    ax.set_title("Reliability of σ(Δ)")
+    ax.set_xlabel("predicted P(chosen wins) = σ(Δ), bin mean")
+    ax.set_ylabel("observed fraction chosen wins")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    return _save(fig, out)
