@@ -179,7 +179,8 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        rows.append((key, str(tp).replace("typing.", ""), default, f.metadata.get("help", "")))
+        name = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+        rows.append((key, name, default, f.metadata.get("help", "")))
     return rows
 
 

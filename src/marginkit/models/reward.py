@@ -12,6 +12,7 @@ Where the reward is read:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["ModelConfig", "load_reward_model", "reward_head", "score_batch", "is_encoder", "reward_positions"]
+__all__ = ["ModelConfig", "load_reward_model", "reward_head", "score_batch", "is_encoder", "reward_positions", "save_reward_model",
+           "load_scorer_settings", "SCORER_FILE"]
 
 
 @dataclass
@@ -111,7 +113,19 @@ def score_batch(
     return rewards, hidden
 
 
-def save_reward_model(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> None:
-    """Save as a plain HF folder (safetensors + tokenizer)."""
+SCORER_FILE = "marginkit_scorer.json"
+
+
+def save_reward_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, scorer: dict[str, Any] | None = None) -> None:
+    """Save as a plain HF folder (safetensors + tokenizer), plus the scorer settings (template,
+    truncation, padding side) in marginkit_scorer.json so `eval-rm` scores exactly as training did."""
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    if scorer is not None:
+        (Path(out_dir) / SCORER_FILE).write_text(json.dumps(scorer, indent=2) + "\n")
+
+
+def load_scorer_settings(model_dir: str | Path) -> dict[str, Any]:
+    """The scorer settings saved with a marginkit RM ({} for a folder marginkit did not write)."""
+    path = Path(model_dir) / SCORER_FILE
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -46,8 +46,13 @@ def make_tiny_model_dir(
     num_heads: int = 4,
     max_positions: int = 256,
     seed: int = 0,
+    dropout: float = 0.0,
 ) -> Path:
-    """Save a randomly initialised causal LM plus tokenizer to `out_dir` and return the path."""
+    """Save a randomly initialised causal LM plus tokenizer to `out_dir` and return the path.
+
+    `dropout` sets GPT-NeoX's attention and hidden dropout (Llama has attention dropout only); a value
+    above 0 makes training consume the RNG, which resume tests need to prove the RNG state is restored.
+    """
     from transformers import AutoModelForCausalLM
 
     common = dict(
@@ -57,9 +62,10 @@ def make_tiny_model_dir(
         tie_word_embeddings=False,
     )
     if arch == "gpt_neox":
-        config = GPTNeoXConfig(rotary_pct=0.25, use_parallel_residual=True, **common)
+        config = GPTNeoXConfig(rotary_pct=0.25, use_parallel_residual=True, attention_dropout=dropout,
+                               hidden_dropout=dropout, **common)
     elif arch == "llama":
-        config = LlamaConfig(num_key_value_heads=num_heads, **common)
+        config = LlamaConfig(num_key_value_heads=num_heads, attention_dropout=dropout, **common)
     else:
         raise ValueError(f"make_tiny_model_dir: arch={arch!r}; known: gpt_neox, llama")
     torch.manual_seed(seed)

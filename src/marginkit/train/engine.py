@@ -120,7 +120,12 @@ class Engine:
     # ---- data ----
     def _loader(self, data: Sequence[Any], epoch: int) -> DataLoader:
         ordered = [data[i] for i in epoch_order(len(data), self.cfg.seed, epoch)]
-        loader = DataLoader(ordered, batch_size=self.cfg.batch_size, shuffle=False, collate_fn=self.collate)
+        # A private generator: iterating a DataLoader draws a base seed from it, and without one it takes
+        # that draw from the global RNG that dropout uses, so a resumed run (which starts a fresh
+        # loader mid-epoch) would get different dropout masks from the uninterrupted run.
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        loader = DataLoader(ordered, batch_size=self.cfg.batch_size, shuffle=False, collate_fn=self.collate,
+                            generator=gen)
         return self.acc.prepare_data_loader(loader, device_placement=True)
 
     def _windows(self, loader: Any):

@@ -130,7 +130,8 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
         f"{acc.num_processes} process(es), precision {acc.mixed_precision}")
 
     def save_model(path: Path) -> None:
-        save_reward_model(acc.unwrap_model(model), tokenizer, path)
+        scorer = {"tokenize": to_dict(cfg.data.tokenize), "padding_side": cfg.data.padding_side}
+        save_reward_model(acc.unwrap_model(model), tokenizer, path, scorer)
 
     engine = Engine(cfg.train, acc, model, optimizer, scheduler, collate, stateful={"margin": strategy},
                     save_model=save_model, ids=[p.id or f"#{i}" for i, p in enumerate(train_pairs)])

@@ -1,0 +1,147 @@
+"""`marginkit` command line: parse, then dispatch to the library; nothing else lives here.
+
+    marginkit train-rm --config run.yaml [key=value ...]
+    marginkit eval-rm --model DIR --data FILE [--format auto] [--out DIR]
+    marginkit data check FILE [--format auto]
+    marginkit world make --out DIR [key=value ...]
+    marginkit demo [--quick] [--out DIR]
+    marginkit config train-rm          (every option with its default and help)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _quiet() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _cmd_train_rm(args: argparse.Namespace) -> int:
+    from marginkit.config import RMRunConfig
+    from marginkit.configlib import load_config
+    from marginkit.train.rm import train_reward_model
+
+    cfg = load_config(RMRunConfig, args.config, args.overrides)
+    result = train_reward_model(cfg)
+    print(f"saved reward model to {result.model_dir}")
+    return 0
+
+
+def _cmd_eval_rm(args: argparse.Namespace) -> int:
+    from marginkit.data.load import load_pairs
+    from marginkit.evaluate.rm_eval import EvalConfig, evaluate_rm_dir, format_report, write_report
+
+    pairs, ledger = load_pairs(args.data, format=args.format, on_invalid=args.on_invalid)
+    print(f"data: {ledger.summary()}")
+    cfg = EvalConfig(batch_size=args.batch_size, worst_k=args.worst)
+    report = evaluate_rm_dir(args.model, pairs, cfg)
+    print(format_report(report))
+    out = Path(args.out) if args.out else Path(args.model) / "eval"
+    path = write_report(report, out, Path(args.data).stem.split(".")[0])
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from marginkit.data.load import check_data
+
+    report = check_data(args.file, format=args.format)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _cmd_world_make(args: argparse.Namespace) -> int:
+    from marginkit.configlib import load_config
+    from marginkit.data.world import WorldConfig, make_world
+
+    world = make_world(load_config(WorldConfig, None, args.overrides))
+    world.save(args.out)
+    print(f"wrote {len(world.train)}/{len(world.val)}/{len(world.test)} train/val/test pairs to {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from marginkit.demo import run_demo
+
+    run_demo(out=args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from marginkit.config import RMRunConfig
+    from marginkit.configlib import describe
+
+    for key, tp, default, text in describe({"train-rm": RMRunConfig}[args.command_name]):
+        print(f"{key} = {json.dumps(default)}  ({tp})\n    {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="marginkit", description="Margin-aware reward models and preference learning.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train-rm", help="Train a reward model.",
+                       description="Train a reward model. Options: `marginkit config train-rm` lists every key.")
+    t.add_argument("--config", help="YAML file with sections model/data/margin/loss/train.")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.learning_rate=1e-5 margin.name=fixed")
+    t.set_defaults(func=_cmd_train_rm)
+
+    e = sub.add_parser("eval-rm", help="Evaluate a trained reward model on pairs.")
+    e.add_argument("--model", required=True, help="Folder of a trained RM (or any HF sequence-classification RM).")
+    e.add_argument("--data", required=True, help="Pairs file (JSONL/JSON/Parquet/HF dataset folder).")
+    e.add_argument("--format", default="auto", help="Input format (see docs/data.md).")
+    e.add_argument("--on-invalid", default="error", choices=["error", "skip"], help="Unusable pairs: error or skip.")
+    e.add_argument("--out", help="Output folder (default: MODEL/eval).")
+    e.add_argument("--batch-size", type=int, default=32, help="Pairs per forward.")
+    e.add_argument("--worst", type=int, default=10, help="How many worst-scored pairs to list.")
+    e.set_defaults(func=_cmd_eval_rm)
+
+    d = sub.add_parser("data", help="Dataset tools.").add_subparsers(dest="data_command", required=True)
+    dc = d.add_parser("check", help="Validate a dataset; list every problem with row and field.")
+    dc.add_argument("file")
+    dc.add_argument("--format", default="auto")
+    dc.set_defaults(func=_cmd_data_check)
+
+    w = sub.add_parser("world", help="The gold-reward world.").add_subparsers(dest="world_command", required=True)
+    wm = w.add_parser("make", help="Write the world's train/val/test pairs as JSONL.")
+    wm.add_argument("--out", required=True)
+    wm.add_argument("overrides", nargs="*", help="WorldConfig key=value, e.g. seed=1 noise=0.5")
+    wm.set_defaults(func=_cmd_world_make)
+
+    m = sub.add_parser("demo", help="Train BT, fixed, label and oracle margin RMs on the gold world and compare.")
+    m.add_argument("--quick", action="store_true", help="Smaller world and model (under 30 s on 2 cores).")
+    m.add_argument("--out", default="runs/demo", help="Run folder.")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=_cmd_demo)
+
+    c = sub.add_parser("config", help="List every option of a command with its default and help.")
+    c.add_argument("command_name", choices=["train-rm"])
+    c.set_defaults(func=_cmd_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet()
+    from marginkit.configlib import ConfigError
+    from marginkit.data.schema import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
