@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,7 +21,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from marginkit.config import RMRunConfig
 from marginkit.configlib import to_dict
 from marginkit.data.collate import PairCollator, collate_pairs
 from marginkit.data.ledger import Ledger
@@ -33,6 +32,9 @@ from marginkit.margins import MarginStrategy, build_margin
 from marginkit.models.reward import is_encoder, load_reward_model, save_reward_model
 from marginkit.train.engine import Engine
 from marginkit.train.rm_step import rm_step
+
+if TYPE_CHECKING:  # annotations only: config.py imports train.engine, whose package imports this module
+    from marginkit.config import RMRunConfig
 
 __all__ = ["RMRunResult", "train_reward_model", "make_accelerator", "check_margin_inputs"]
 
