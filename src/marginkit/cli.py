@@ -79,9 +79,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     from marginkit.config import RMRunConfig
-    from marginkit.configlib import describe
+    from marginkit.configlib import describe, describe_markdown
 
-    for key, tp, default, text in describe({"train-rm": RMRunConfig}[args.command_name]):
+    cls = {"train-rm": RMRunConfig}[args.command_name]
+    if args.markdown:
+        print(describe_markdown(cls, f"marginkit {args.command_name}"), end="")
+        return 0
+    for key, tp, default, text in describe(cls):
         print(f"{key} = {json.dumps(default)}  ({tp})\n    {text}")
     return 0
 
@@ -126,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="List every option of a command with its default and help.")
     c.add_argument("command_name", choices=["train-rm"])
+    c.add_argument("--markdown", action="store_true", help="Print the reference table of docs/config.md.")
     c.set_defaults(func=_cmd_config)
     return p
 
