@@ -27,6 +27,7 @@ class Ledger:
     truncated: Counter = field(default_factory=Counter)  # "prompt_left", "response_right", ...
     truncated_tokens: Counter = field(default_factory=Counter)
     expanded: int = 0  # extra pairs produced from rankings / lists
+    merged: int = 0  # rows pooled into an earlier row's group (formats with one response per row)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def read(self, n: int = 1) -> None:
@@ -60,6 +61,7 @@ class Ledger:
             "rows_read": self.rows_read,
             "kept": self.kept,
             "expanded": self.expanded,
+            "merged": self.merged,
             "dropped": dict(self.dropped),
             "truncated": dict(self.truncated),
             "truncated_tokens": dict(self.truncated_tokens),
@@ -69,6 +71,8 @@ class Ledger:
     def summary(self) -> str:
         """One human-readable paragraph for the console."""
         parts = [f"{self.rows_read} rows read, {self.kept} pairs kept"]
+        if self.merged:
+            parts.append(f"{self.merged} rows pooled into earlier rows' groups")
         if self.expanded:
             parts.append(f"{self.expanded} extra pairs from rankings")
         if self.dropped:
