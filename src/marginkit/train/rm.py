@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import get_scheduler
 
 from marginkit.configlib import to_dict
@@ -55,8 +55,10 @@ def make_accelerator(train_cfg: Any) -> Accelerator:
     precision = train_cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    acc = Accelerator(split_batches=True, mixed_precision=precision, log_with=train_cfg.report_to or None,
-                      project_dir=train_cfg.output_dir)
+    # split_batches must go through DataLoaderConfiguration: Accelerate 1.x still accepts
+    # Accelerator(split_batches=True) but ignores it, giving each process whole batches.
+    acc = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True), mixed_precision=precision,
+                      log_with=train_cfg.report_to or None, project_dir=train_cfg.output_dir)
     if train_cfg.batch_size % acc.num_processes:
         raise ValueError(f"train.batch_size={train_cfg.batch_size} must be divisible by the {acc.num_processes} "
                          "processes (it is the global micro-batch, split between them)")
