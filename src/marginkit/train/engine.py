@@ -10,10 +10,11 @@ processes, and turned into numbers only when logged.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +93,16 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a loss or gradient is NaN/inf; names the step, the pairs and the term."""
 
 
+def _shard(batch: dict[str, torch.Tensor], rank: int, procs: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Rank `rank`'s contiguous slice of a collated batch ([2B, ...] pair rows and [B] per-pair fields)."""
+    n = len(batch["index"])
+    lo, hi = rank * n // procs, (rank + 1) * n // procs
+    rows = torch.cat([torch.arange(lo, hi), torch.arange(n + lo, n + hi)])  # chosen rows, then rejected rows
+    out = {k: (v[rows] if v.shape[0] == 2 * n else v[lo:hi]).to(device) for k, v in batch.items()}
+    out["n_global"] = torch.tensor(n)
+    return out
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The permutation of pair indices for one epoch: a pure function of (seed, epoch), so resume is exact."""
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -118,17 +129,32 @@ class Engine:
         self.history: list[dict[str, Any]] = []
 
     # ---- data ----
-    def _loader(self, data: Sequence[Any], epoch: int) -> DataLoader:
+    def _loader(self, data: Sequence[Any], epoch: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """This process's share of each global micro-batch of the epoch, on its device.
+
+        Every process builds the same global batch (same order, a pure function of seed and epoch) and
+        keeps its own slice of the pairs, so uneven shards are exact: the step's normaliser counts the
+        global pairs (`n_global`). Accelerate's own sharding either pads a short last batch with repeated
+        pairs (even_batches) or gives it all to rank 0; neither is exact. Only a last batch with fewer
+        pairs than processes cannot be shared: those < P pairs sit out this epoch, counted and reported.
+        """
         ordered = [data[i] for i in epoch_order(len(data), self.cfg.seed, epoch)]
+        procs, rank = self.acc.num_processes, self.acc.process_index
+        spare = len(ordered) % self.cfg.batch_size
+        if 0 < spare < procs:
+            ordered = ordered[: len(ordered) - spare]
+            self.acc.print(f"epoch {epoch}: the last {spare} pair(s) sit out this epoch: a batch smaller than "
+                           f"the {procs} processes cannot be shared (a different few each epoch)")
         # A private generator: iterating a DataLoader draws a base seed from it, and without one it takes
         # that draw from the global RNG that dropout uses, so a resumed run (which starts a fresh
         # loader mid-epoch) would get different dropout masks from the uninterrupted run.
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         loader = DataLoader(ordered, batch_size=self.cfg.batch_size, shuffle=False, collate_fn=self.collate,
                             generator=gen)
-        return self.acc.prepare_data_loader(loader, device_placement=True)
+        for batch in itertools.islice(loader, skip, None):
+            yield _shard(batch, rank, procs, self.acc.device)
 
-    def _windows(self, loader: Any):
+    def _windows(self, loader: Iterator[dict[str, torch.Tensor]]):
         window: list[dict[str, torch.Tensor]] = []
         for batch in loader:
             window.append(batch)
@@ -140,7 +166,7 @@ class Engine:
 
     # ---- one optimizer step ----
     def _optimizer_step(self, step_fn: StepFn, window: list[dict[str, torch.Tensor]], sums: dict[str, torch.Tensor]):
-        n_pairs = sum(len(b["index"]) for b in window) * self.acc.num_processes  # global pairs in this step
+        n_pairs = sum(int(b["n_global"]) for b in window)  # global pairs in this optimizer step
         bad = torch.zeros((), dtype=torch.bool, device=self.acc.device)
         outputs: list[StepOutput] = []
         for j, batch in enumerate(window):
@@ -257,10 +283,7 @@ class Engine:
         started = time.perf_counter()
         self.model.train()
         while self.step < total and self.epoch < cfg.num_epochs:
-            loader = self._loader(data, self.epoch)
-            if self.batches_done:
-                loader = self.acc.skip_first_batches(loader, self.batches_done)
-            for window in self._windows(loader):
+            for window in self._windows(self._loader(data, self.epoch, skip=self.batches_done)):
                 self._optimizer_step(step_fn, window, sums)
                 self.step += 1
                 self.batches_done += len(window)

@@ -57,7 +57,8 @@ def make_accelerator(train_cfg: Any) -> Accelerator:
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     # split_batches must go through DataLoaderConfiguration: Accelerate 1.x still accepts
     # Accelerator(split_batches=True) but ignores it, giving each process whole batches.
-    acc = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True), mixed_precision=precision,
+    dl_config = DataLoaderConfiguration(split_batches=True)
+    acc = Accelerator(dataloader_config=dl_config, mixed_precision=precision,
                       log_with=train_cfg.report_to or None, project_dir=train_cfg.output_dir)
     if train_cfg.batch_size % acc.num_processes:
         raise ValueError(f"train.batch_size={train_cfg.batch_size} must be divisible by the {acc.num_processes} "
