@@ -39,7 +39,7 @@ class RMEvalReport:
     accuracy: M.Estimate
     by_abs_gap: M.BucketedAccuracy
     by_label: M.BucketedAccuracy | None
-    by_gold: M.BucketedAccuracy | None
+    by_gold: M.BucketedAccuracy | None  # accuracy vs the true preference by |true gap|, true ties excluded
     gold: M.GoldAgreement | None
     gold_accuracy: M.Estimate | None  # accuracy against the true preference (sign of the gold gap)
     distribution: M.Distribution
@@ -90,10 +90,10 @@ def evaluate_pairs(model: Any, tokenizer: Any, pairs: list[Pair], tokenize: Toke
         accuracy=M.accuracy_with_ci(gap, n_boot=cfg.n_boot),
         by_abs_gap=M.accuracy_by_bucket(gap, np.abs(gap), cfg.n_buckets),
         by_label=M.accuracy_by_bucket(gap, np.abs(label), cfg.n_buckets) if np.isfinite(label).any() else None,
-        by_gold=M.accuracy_by_bucket(np.where(gold_gap >= 0, gap, -gap), np.abs(gold_gap), cfg.n_buckets)
-        if has_gold else None,
+        by_gold=M.accuracy_by_bucket(np.where(gold_gap > 0, gap, -gap)[gold_gap != 0], np.abs(gold_gap[gold_gap != 0]),
+                                     cfg.n_buckets) if has_gold and (gold_gap != 0).any() else None,
         gold=M.gold_agreement(gap, gold_gap) if has_gold else None,
-        gold_accuracy=M.accuracy_with_ci(np.where(gold_gap >= 0, gap, -gap)[gold_gap != 0], n_boot=cfg.n_boot)
+        gold_accuracy=M.accuracy_with_ci(np.where(gold_gap > 0, gap, -gap)[gold_gap != 0], n_boot=cfg.n_boot)
         if has_gold and (gold_gap != 0).any() else None,
         distribution=M.gap_distribution(gap),
         calibration=M.calibration(gap, true_pref) if true_pref is not None else M.calibration(gap),
