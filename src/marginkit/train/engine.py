@@ -260,8 +260,13 @@ class Engine:
         state = load_trainer_state(path)
         from safetensors.torch import load_file
 
-        weights = load_file(str(next((path / "model").glob("*.safetensors"))))
-        self.acc.unwrap_model(self.model).load_state_dict(weights, strict=False)
+        weights: dict[str, torch.Tensor] = {}
+        for shard in sorted((path / "model").glob("*.safetensors")):  # every shard of a sharded save
+            weights.update(load_file(str(shard)))
+        # strict=False only because tied weights are saved once; anything unexpected is an error.
+        result = self.acc.unwrap_model(self.model).load_state_dict(weights, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"checkpoint {path} does not match the model: unexpected {result.unexpected_keys[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         for k, obj in self.stateful.items():

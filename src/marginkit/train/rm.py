@@ -75,7 +75,7 @@ def check_margin_inputs(strategy: MarginStrategy, name: str, encoded: Sequence[E
             if not math.isfinite(getattr(enc, attr)):
                 pair = pairs[enc.index]
                 raise DataError(source, enc.index, field_name,
-                                f"missing, but margin strategy {name!r} needs it for every pair"
+                                f"missing or not finite, but margin strategy {name!r} needs it for every pair"
                                 + (f" (pair id {pair.id})" if pair.id else ""),
                                 "use a strategy that does not need it, or data that has it")
 
