@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from marginkit.data.tokenize import TokenizeConfig
@@ -22,6 +24,12 @@ class DataConfig:
         default="error", metadata={"help": "Unusable pairs: error (strict, the default) or skip (counted in the ledger)."})
     padding_side: Literal["right", "left"] = field(default="right", metadata={"help": "Where padding goes."})
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache for precomputed margins and embeddings (None: $MARGINKIT_CACHE or "
+                                "~/.cache/marginkit)."})
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir or os.environ.get("MARGINKIT_CACHE") or Path.home() / ".cache" / "marginkit")
 
 
 @dataclass

@@ -8,11 +8,13 @@ keep plain Bradley-Terry (m = 0). Everything here is computed under `torch.no_gr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-__all__ = ["MarginInputs", "Margins", "MarginStrategy", "check_margin_shape"]
+__all__ = ["MarginInputs", "Margins", "MarginStrategy", "MarginSetup", "check_margin_shape"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class MarginInputs:
     gold_gap:     [B] gold_chosen - gold_rejected (synthetic worlds), NaN where absent.
     step:         optimiser steps taken so far.
     chosen_embeddings / rejected_embeddings: [B, D] detached, when the strategy asks for them.
+    index:        [B] long, each pair's position in the training set (MarginSetup.train_set), so
+                  strategies with per-pair values precomputed in `prepare` can look them up.
     """
 
     reward_gap: torch.Tensor
@@ -34,6 +38,7 @@ class MarginInputs:
     step: int = 0
     chosen_embeddings: torch.Tensor | None = None
     rejected_embeddings: torch.Tensor | None = None
+    index: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,29 @@ class Margins:
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class MarginSetup:
+    """What a strategy's optional `prepare(setup)` hook receives once before training, to precompute
+    per-pair values (a reference RM's gaps, sentence-encoder embeddings) in one pass over the data.
+
+    train_set: the tokenised training pairs (EncodedPair; `.index` is the position in `pairs`).
+    pairs:     the Pair records they came from (texts, ids).
+    cache_dir: a folder for caches keyed by data and model hashes (reused across runs and seeds).
+    """
+
+    train_set: Sequence[Any]
+    pairs: Sequence[Any]
+    pad_id: int
+    padding_side: str
+    device: torch.device
+    cache_dir: Path
+    say: Callable[[str], None] = print
+
+
 class MarginStrategy(Protocol):
     """What the training step calls. `needs` names the optional inputs it reads
-    ("label_margin", "score_gap", "gold_gap", "embeddings") so setup can check the data has them."""
+    ("label_margin", "score_gap", "gold_gap", "embeddings") so setup can check the data has them.
+    A strategy may also define `prepare(setup: MarginSetup) -> None`, called once before training."""
 
     needs: frozenset[str]
 

@@ -28,7 +28,7 @@ from marginkit.data.schema import DataError, Pair
 from marginkit.data.tokenize import EncodedPair, encode_pairs
 from marginkit.diagnostics.preflight import PreflightError, check_reward_tokens
 from marginkit.evaluate.scorer import score_encoded
-from marginkit.margins import MarginStrategy, build_margin
+from marginkit.margins import MarginSetup, MarginStrategy, build_margin
 from marginkit.models.reward import is_encoder, load_reward_model, save_reward_model
 from marginkit.train.engine import Engine
 from marginkit.train.rm_step import rm_step
@@ -119,6 +119,9 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
 
     strategy = build_margin(cfg.margin)
     check_margin_inputs(strategy, cfg.margin.name, train_set, train_pairs, cfg.data.train or "train pairs")
+    if hasattr(strategy, "prepare"):  # precompute per-pair values (reference gaps, embeddings) once
+        strategy.prepare(MarginSetup(train_set, train_pairs, tokenizer.pad_token_id, cfg.data.padding_side,
+                                     acc.device, cfg.data.resolved_cache_dir(), say))
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.padding_side)
     if cfg.preflight != "off":
         _preflight(train_set, collate, tokenizer, encoder, cfg, say)

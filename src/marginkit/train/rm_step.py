@@ -42,7 +42,7 @@ def rm_step(
     reward_gap = (chosen - rejected).detach()  # [B]
     emb_c, emb_r = hidden.chunk(2) if hidden is not None else (None, None)  # [2B, D] -> [B, D] x 2
     margins = margin_fn(MarginInputs(reward_gap, batch["label_margin"], batch["score_gap"], batch["gold_gap"],
-                                     step, emb_c, emb_r))
+                                     step, emb_c, emb_r, batch.get("index")))
     check_margin_shape(margins.target_margin, reward_gap, type(margin_fn).__name__)
     target_margin = torch.where(margins.active, margins.target_margin, 0.0).detach()  # [B]; inactive pairs: plain BT
     bt = bt_loss(chosen, rejected, target_margin).losses  # [B]
