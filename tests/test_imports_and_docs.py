@@ -35,7 +35,8 @@ def test_metrics_doc_matches_logged_names(tmp_path, tiny_model_dir):
     from marginkit.data.schema import Pair
     from marginkit.train.rm import train_reward_model
 
-    pairs = [Pair(f"please help {w}", "yes great", "no bad", score_chosen=5, score_rejected=1, id=str(i))
+    pairs = [Pair(f"please help {w}", "yes great", "no bad", score_chosen=5, score_rejected=1,
+                  gold_chosen=1.0, gold_rejected=float(i % 3) - 1.0, id=str(i))
              for i, w in enumerate(["me", "a", "the", "cats", "dogs", "fish", "food", "water"])]
     cfg = from_dict(RMRunConfig, {"model": {"name_or_path": str(tiny_model_dir)}, "margin": {"name": "label"},
                                   "train": {"output_dir": str(tmp_path), "batch_size": 4, "log_every": 1,

@@ -170,9 +170,15 @@ def _evaluate(acc: Accelerator, model: Any, eval_set: list[EncodedPair], pad_id:
     c, r = score_encoded(acc.unwrap_model(model), eval_set, pad_id, cfg.data.padding_side)
     gap = c - r
     loss = np.logaddexp(0.0, -gap)  # BT loss without margin: comparable across strategies
-    return {"eval_loss": float(loss.mean()), "eval_rewards/accuracies": float(((gap > 0) + 0.5 * (gap == 0)).mean()),
-            "eval_rewards/margins": float(gap.mean()), "eval_rewards/chosen": float(c.mean()),
-            "eval_rewards/rejected": float(r.mean())}
+    out = {"eval_loss": float(loss.mean()), "eval_rewards/accuracies": float(((gap > 0) + 0.5 * (gap == 0)).mean()),
+           "eval_rewards/margins": float(gap.mean()), "eval_rewards/chosen": float(c.mean()),
+           "eval_rewards/rejected": float(r.mean())}
+    gold = np.array([e.gold_gap for e in eval_set])
+    known = np.isfinite(gold) & (gold != 0)  # gold-reward worlds: agreement with the true preference, true ties left out
+    if known.any():
+        agree = np.sign(gap[known]) == np.sign(gold[known])
+        out["eval_rewards/gold_accuracies"] = float((agree + 0.5 * (gap[known] == 0)).mean())
+    return out
 
 
 def _preflight(train_set: list[EncodedPair], collate: PairCollator, tokenizer: Any, encoder: bool,
