@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from marginkit.margins.base import MarginStrategy
+from marginkit.margins.confidence import ConfidenceMargin, ConfidenceMarginConfig
 from marginkit.margins.fixed import FixedMargin, FixedMarginConfig
 from marginkit.margins.label import LabelMargin, LabelMarginConfig
 from marginkit.margins.none import NoMargin, NoMarginConfig
@@ -22,6 +23,7 @@ MARGINS: dict[str, Any] = {
     "fixed": FixedMargin,
     "label": LabelMargin,
     "oracle": OracleMargin,
+    "confidence": ConfidenceMargin,
 }
 
 
@@ -29,12 +31,13 @@ MARGINS: dict[str, Any] = {
 class MarginSpec:
     """Which margin strategy to train with, and each strategy's options."""
 
-    name: Literal["none", "fixed", "label", "oracle"] = field(
-        default="none", metadata={"help": "Margin strategy: none (plain BT), fixed, label, oracle."}
+    name: Literal["none", "fixed", "label", "oracle", "confidence"] = field(
+        default="none", metadata={"help": "Margin strategy: none (plain BT), fixed, label, oracle, confidence."}
     )
     fixed: FixedMarginConfig = field(default_factory=FixedMarginConfig)
     label: LabelMarginConfig = field(default_factory=LabelMarginConfig)
     oracle: OracleMarginConfig = field(default_factory=OracleMarginConfig)
+    confidence: ConfidenceMarginConfig = field(default_factory=ConfidenceMarginConfig)
     none: NoMarginConfig = field(default_factory=NoMarginConfig)
 
 
