@@ -67,6 +67,16 @@ STUDY_VARIANTS: dict[str, StudyVariant] = {v.name: v for v in [
     _v("label-0.5", "label", {"name": "label", "label": {"source": "score_gap", "scale": 0.5}}),
     _v("oracle-0.5", "oracle", {"name": "oracle", "oracle": {"scale": 0.5}}),
     _v("oracle-1", "oracle", {"name": "oracle", "oracle": {"scale": 1.0}}),
+    # confidence (seed 000): batch-mean margin on the pairs below the batch mean (the paper), or on all pairs
+    _v("conf-batch", "confidence", {"name": "confidence"}),
+    _v("conf-batch-all", "confidence", {"name": "confidence", "confidence": {"filter": "none"}}),
+    # reward confidence: the gap of this seed's own BT RM, or the mean gap of BT RMs differing only by seed
+    _v("conf-ref", "confidence", {"name": "confidence", "confidence": {"source": "reference",
+                                                                       "reference_model": "{reference}"}},
+       needs_reference=True),
+    _v("conf-ens", "confidence", {"name": "confidence", "confidence": {"source": "ensemble",
+                                                                       "ensemble_models": "{ensemble}"}},
+       needs_ensemble=True),
 ]}
 
 
