@@ -14,6 +14,7 @@ from marginkit.margins.fixed import FixedMargin, FixedMarginConfig
 from marginkit.margins.label import LabelMargin, LabelMarginConfig
 from marginkit.margins.none import NoMargin, NoMarginConfig
 from marginkit.margins.oracle import OracleMargin, OracleMarginConfig
+from marginkit.margins.ot import OTMargin, OTMarginConfig
 
 __all__ = ["MARGINS", "MarginSpec", "build_margin"]
 
@@ -23,6 +24,7 @@ MARGINS: dict[str, Any] = {
     "fixed": FixedMargin,
     "label": LabelMargin,
     "oracle": OracleMargin,
+    "ot": OTMargin,
     "confidence": ConfidenceMargin,
 }
 
@@ -31,12 +33,13 @@ MARGINS: dict[str, Any] = {
 class MarginSpec:
     """Which margin strategy to train with, and each strategy's options."""
 
-    name: Literal["none", "fixed", "label", "oracle", "confidence"] = field(
-        default="none", metadata={"help": "Margin strategy: none (plain BT), fixed, label, oracle, confidence."}
+    name: Literal["none", "fixed", "label", "oracle", "confidence", "ot"] = field(
+        default="none", metadata={"help": "Margin strategy: none (plain BT), fixed, label, oracle, confidence, ot."}
     )
     fixed: FixedMarginConfig = field(default_factory=FixedMarginConfig)
     label: LabelMarginConfig = field(default_factory=LabelMarginConfig)
     oracle: OracleMarginConfig = field(default_factory=OracleMarginConfig)
+    ot: OTMarginConfig = field(default_factory=OTMarginConfig)
     confidence: ConfidenceMarginConfig = field(default_factory=ConfidenceMarginConfig)
     none: NoMarginConfig = field(default_factory=NoMarginConfig)
 
