@@ -17,7 +17,7 @@ import torch
 
 from marginkit.data.tokenize import EncodedPair
 
-__all__ = ["collate_pairs", "PairCollator"]
+__all__ = ["collate_pairs", "PairCollator", "LayoutPairCollator", "FORWARD_LAYOUTS"]
 
 
 def _pad(rows: list[list[int]], prompt_lens: list[int], pad_id: int, side: str, multiple: int) -> dict[str, torch.Tensor]:
@@ -57,3 +57,30 @@ class PairCollator:
 
     def __call__(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
         return collate_pairs(pairs, self.pad_id, self.padding_side, self.pad_to_multiple_of)
+
+
+FORWARD_LAYOUTS = ("padded", "packed", "prefix_shared")  # batch["layout"] holds an index into this
+
+
+class LayoutPairCollator(PairCollator):
+    """PairCollator whose batches also say which forward the step runs: batch["layout"] [B] long, the index of
+    `layout` in FORWARD_LAYOUTS (one entry per pair, so the engine's per-process split keeps it).
+
+    The padded tensors are unchanged: packing and prefix sharing rebuild the rows on the device after the
+    engine has split the global batch between processes (models/packing.py), so every process packs
+    exactly its own pairs. Worked example (pad id 0), pairs ([5,6,7],[5,6,8,9], prompt_len 2) and
+    ([5,7],[5,8], prompt_len 1) with layout "prefix_shared": the batch of collate_pairs (module
+    docstring) plus layout = [2, 2].
+    """
+
+    def __init__(self, pad_id: int, layout: str, padding_side: Literal["right", "left"] = "right",
+                 pad_to_multiple_of: int = 1):
+        if layout not in FORWARD_LAYOUTS:
+            raise ValueError(f"LayoutPairCollator: layout={layout!r}; known: {list(FORWARD_LAYOUTS)}")
+        super().__init__(pad_id, padding_side, pad_to_multiple_of)
+        self.layout = layout
+
+    def __call__(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
+        batch = super().__call__(pairs)
+        batch["layout"] = torch.full((len(pairs),), FORWARD_LAYOUTS.index(self.layout), dtype=torch.long)
+        return batch

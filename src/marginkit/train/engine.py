@@ -66,6 +66,16 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list, metadata={
         "help": "Extra trackers via Accelerate (tensorboard, wandb, trackio); JSONL is always written."})
     progress_bar: bool = field(default=True, metadata={"help": "Show a progress bar on the main process."})
+    forward: Literal["padded", "packed", "prefix_shared"] = field(default="padded", metadata={
+        "help": "How a batch of pairs is run (docs/speed.md): padded rows; packed (padding-free: sequences end to "
+                "end, attention kept within each); prefix_shared (each prompt once, both responses attend to it). "
+                "All three give the same rewards and log-probs. Causal LMs only."})
+    attention: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = field(default="auto", metadata={
+        "help": "Attention kernel. auto: the model's own for padded; for packed, flash_attention_2 (varlen) when "
+                "flash-attn is installed, else flex_attention on CUDA; for prefix_shared, flex_attention on CUDA; "
+                "sdpa with an explicit mask on CPU."})
+    torch_compile: bool = field(default=False, metadata={
+        "help": "torch.compile each transformer block in place (regional; checkpoints unchanged)."})
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "gradient_accumulation_steps", "num_epochs", "log_every"):
@@ -75,6 +85,10 @@ class TrainConfig:
             raise ValueError(f"train.learning_rate={self.learning_rate}: must be > 0")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"train.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        if self.forward == "prefix_shared" and self.attention == "flash_attention_2":
+            raise ValueError("train.forward=prefix_shared with train.attention=flash_attention_2: varlen kernels only "
+                             "express block-diagonal masks, not a prompt shared by two responses; use "
+                             "attention=flex_attention or sdpa (or auto), or forward=packed")
 
     @property
     def pairs_per_step(self) -> int:

@@ -22,13 +22,14 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import get_scheduler
 
 from marginkit.configlib import to_dict
-from marginkit.data.collate import PairCollator, collate_pairs
+from marginkit.data.collate import LayoutPairCollator, PairCollator, collate_pairs
 from marginkit.data.ledger import Ledger
 from marginkit.data.schema import DataError, Pair
 from marginkit.data.tokenize import EncodedPair, encode_pairs
 from marginkit.diagnostics.preflight import PreflightError, check_reward_tokens
 from marginkit.evaluate.scorer import score_encoded
 from marginkit.margins import MarginSetup, MarginStrategy, build_margin
+from marginkit.models.packing import compile_blocks, select_attention
 from marginkit.models.reward import is_encoder, load_reward_model, save_reward_model
 from marginkit.train.engine import Engine
 from marginkit.train.rm_step import rm_step
@@ -100,6 +101,9 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
         (out / "metrics.jsonl").unlink()
 
     model, tokenizer = load_reward_model(cfg.model)
+    attention = select_attention(model, cfg.train.forward, cfg.train.attention)  # refuses unsupported layouts
+    if cfg.train.torch_compile:
+        compile_blocks(model)
     tokenizer.padding_side = cfg.data.padding_side
     encoder = is_encoder(model)
     ledger = Ledger()
@@ -122,7 +126,8 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
     if hasattr(strategy, "prepare"):  # precompute per-pair values (reference gaps, embeddings) once
         strategy.prepare(MarginSetup(train_set, train_pairs, tokenizer.pad_token_id, cfg.data.padding_side,
                                      acc.device, cfg.data.resolved_cache_dir(), say))
-    collate = PairCollator(tokenizer.pad_token_id, cfg.data.padding_side)
+    collate = (PairCollator(tokenizer.pad_token_id, cfg.data.padding_side) if cfg.train.forward == "padded" else
+               LayoutPairCollator(tokenizer.pad_token_id, cfg.train.forward, cfg.data.padding_side))
     if cfg.preflight != "off":
         _preflight(train_set, collate, tokenizer, encoder, cfg, say)
 
@@ -135,7 +140,8 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
     if cfg.train.report_to:
         acc.init_trackers("marginkit", config=_flat(to_dict(cfg)))
     say(f"training {cfg.margin.name!r} RM: {len(train_set)} pairs, {total} steps of {cfg.train.pairs_per_step} pairs, "
-        f"{acc.num_processes} process(es), precision {acc.mixed_precision}")
+        f"{acc.num_processes} process(es), precision {acc.mixed_precision}, forward {cfg.train.forward} "
+        f"(attention {attention}{', compiled blocks' if cfg.train.torch_compile else ''})")
 
     def save_model(path: Path) -> None:
         scorer = {"tokenize": to_dict(cfg.data.tokenize), "padding_side": cfg.data.padding_side}

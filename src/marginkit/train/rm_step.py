@@ -12,7 +12,7 @@ from torch import nn
 
 from marginkit.losses import bt_loss, centering_penalty
 from marginkit.margins import MarginInputs, MarginStrategy, check_margin_shape
-from marginkit.models.reward import score_batch
+from marginkit.models.packing import score_pairs
 
 __all__ = ["StepOutput", "rm_step"]
 
@@ -37,7 +37,7 @@ def rm_step(
 ) -> StepOutput:
     """Bradley-Terry step with a target margin on one micro-batch of B pairs ([2B, T] tokens)."""
     with_hidden = "embeddings" in margin_fn.needs
-    rewards, hidden = score_batch(model, batch["input_ids"], batch["attention_mask"], with_hidden)  # [2B]
+    rewards, hidden = score_pairs(model, batch, with_hidden)  # [2B]; padded, packed or prefix-shared forward
     chosen, rejected = rewards.chunk(2)  # [2B] -> [B], [B]
     reward_gap = (chosen - rejected).detach()  # [B]
     emb_c, emb_r = hidden.chunk(2) if hidden is not None else (None, None)  # [2B, D] -> [B, D] x 2
