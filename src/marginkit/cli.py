@@ -6,6 +6,8 @@
     marginkit world make --out DIR [key=value ...]
     marginkit demo [--quick] [--out DIR]
     marginkit study margins [--size quick|full] [--seeds 0,1,2,3,4] [--noises 0.5,1.0] [--jobs 2]
+    marginkit bon --policy world --rm A [--rm B ...] --prompts world:test --n 1,2,4,...,64 --judge world
+    marginkit report RUN_DIR [RUN_DIR ...] [--out report.html]
     marginkit config train-rm          (every option with its default and help)
 """
 
@@ -92,6 +94,29 @@ def _cmd_study_margins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bon(args: argparse.Namespace) -> int:
+    from marginkit.evaluate.bon_run import BonConfig, parse_ns, run_bon
+    from marginkit.evaluate.sampling import SamplingConfig
+
+    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size)
+    world = ([f"seed={args.world_seed}"] if args.world_seed is not None else []) + list(args.world)
+    cfg = BonConfig(rms=args.rm, policy=args.policy, prompts=args.prompts, ns=parse_ns(args.n), judge=args.judge,
+                    n_prompts=args.n_prompts or None, seed=args.seed, world_overrides=world, out=args.out,
+                    cache_dir=args.cache_dir, batch_size=args.batch_size, n_boot=args.n_boot, device=args.device,
+                    progress=not args.no_progress, sampling=sampling)
+    run_bon(cfg)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from marginkit.report.html import write_report
+
+    out = write_report(args.run_dirs, args.out or Path(args.run_dirs[0]) / "report.html", title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from marginkit.config import RMRunConfig
     from marginkit.configlib import describe, describe_markdown
@@ -157,6 +182,38 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--variants", default="", help="Comma-separated variant names (default: all; bt always runs).")
     sm.add_argument("--jobs", type=int, default=1, help="(noise, seed) units trained in parallel processes.")
     sm.set_defaults(func=_cmd_study_margins)
+
+    b = sub.add_parser("bon", help="Best-of-N: sample once, each RM picks its best, a judge compares the picks.",
+                       description="Sample max(N) responses per prompt, score every sample once per RM (cached), and "
+                                   "report per N the judge reward of each RM's pick, win rates of each RM over the "
+                                   "first (ties 1/2, bootstrap 95%% interval) and the analytic KL log N - (N-1)/N.")
+    b.add_argument("--policy", default="world", help="`world` (the gold world's base policy) or an HF causal LM folder.")
+    b.add_argument("--rm", action="append", required=True, help="RM folder, NAME=PATH or PATH; repeat. First = baseline.")
+    b.add_argument("--prompts", default="world:test", help="JSONL of prompts, or world:test (world:val, world:train).")
+    b.add_argument("--n", default="1,2,4,...,64", help="N values: 1,2,4,8 or the doubling shorthand 1,2,4,...,64.")
+    b.add_argument("--judge", default="world", help="`world` (the true reward) or an RM folder.")
+    b.add_argument("--n-prompts", type=int, default=200, help="Prompts to use (0: the whole prompts file).")
+    b.add_argument("--seed", type=int, default=0, help="Sampling seed (and the world prompts' draw).")
+    b.add_argument("--world-seed", type=int, default=None, help="The gold world's seed (same as --world seed=S).")
+    b.add_argument("--world", nargs="*", default=[], help="WorldConfig key=value overrides, e.g. policy_skill=0.5.")
+    b.add_argument("--out", default="runs/bon", help="Output folder.")
+    b.add_argument("--cache-dir", default=None, help="Samples and scores cache (default OUT/cache).")
+    b.add_argument("--batch-size", type=int, default=64, help="Sample pairs per RM forward.")
+    b.add_argument("--n-boot", type=int, default=1000, help="Bootstrap resamples of prompts.")
+    b.add_argument("--device", default=None, help="torch device (default: CUDA if available).")
+    b.add_argument("--temperature", type=float, default=1.0, help="LM policy: sampling temperature.")
+    b.add_argument("--top-p", type=float, default=1.0, help="LM policy: nucleus mass.")
+    b.add_argument("--top-k", type=int, default=0, help="LM policy: top-k (0 = off).")
+    b.add_argument("--max-new-tokens", type=int, default=64, help="LM policy: response length cap.")
+    b.add_argument("--gen-batch-size", type=int, default=64, help="LM policy: sequences per generate call.")
+    b.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    b.set_defaults(func=_cmd_bon)
+
+    r = sub.add_parser("report", help="One static HTML page (plots embedded) from run folders.")
+    r.add_argument("run_dirs", nargs="+", help="Run folders (train-rm, demo, eval-rm, bon outputs).")
+    r.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html of the first folder).")
+    r.add_argument("--title", default="marginkit report", help="Page title.")
+    r.set_defaults(func=_cmd_report)
 
     c = sub.add_parser("config", help="List every option of a command with its default and help.")
     c.add_argument("command_name", choices=["train-rm"])

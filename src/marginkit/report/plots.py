@@ -214,3 +214,98 @@ def plot_reliability(calibrations: Mapping[str, Calibration], out: Path | str) -
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
     return _save(fig, out)
+
+
+# ---- Best-of-N (from a bon_results.json dict, see evaluate/bon_run.py) and saved gap histograms ----
+
+
+def _kl_ticks(ax: Axes, ns: Sequence[int], kl: Sequence[float]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(ns), [f"{n}\n{k:.2f}" for n, k in zip(ns, kl)])
+    ax.minorticks_off()
+    ax.set_xlabel("N  (analytic KL = log N − (N−1)/N, nats)")
+
+
+def plot_bon_curves(results: Mapping[str, object], out: Path | str, title: str = "Best-of-N") -> Path:
+    """Two panels against N: the judge's reward of each RM's pick (bootstrap band, the judge's own
+    best-of-N and an unguided pick as references, a star at the peak), and the RM's own score of its
+    pick minus at N = 1 (proxy gain; it can only rise). `results` is a bon_results.json dict."""
+    ns, kl, per_rm = list(results["ns"]), list(results["kl"]), dict(results["per_rm"])
+    if not per_rm:
+        raise ValueError("results has no RMs (per_rm is empty)")
+    ref = dict(results.get("reference", {}))
+    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
+    ax_j, ax_p = fig.subplots(1, 2)
+    for i, (name, d) in enumerate(per_rm.items()):
+        mean = np.array([m["mean"] for m in d["judge"]])
+        ax_j.plot(ns, mean, color=_color(i), marker="o", ms=4, lw=1.6, label=name)
+        ax_j.fill_between(ns, [m["low"] for m in d["judge"]], [m["high"] for m in d["judge"]], color=_color(i),
+                          alpha=0.15, lw=0)
+        peak = int(np.argmax(mean))
+        ax_j.plot([ns[peak]], [mean[peak]], marker="*", ms=13, color=_color(i), mfc=_color(i), mec="black", ls="none")
+        proxy = np.array(d["proxy"], dtype=np.float64)
+        ax_p.plot(ns, proxy - proxy[0], color=_color(i), marker="o", ms=4, lw=1.6, label=name)
+    for key, style in (("judge_best", "--"), ("unguided", ":")):
+        if key in ref:
+            label = "judge's own best-of-N" if key == "judge_best" else "unguided pick"
+            ax_j.plot(ns, ref[key], color="grey", ls=style, lw=1.2, label=label)
+    judge = results.get("judge", {})
+    judge_name = "true reward" if isinstance(judge, dict) and judge.get("kind") == "world" else "judge reward"
+    ax_j.set_title(f"{judge_name} of the pick (★ peak)")
+    ax_j.set_ylabel(f"mean {judge_name} ({int(round(100 * float(results.get('level', 0.95))))}% band)")
+    ax_p.set_title("proxy gain: RM's own score of its pick − at N=1")
+    ax_p.set_ylabel("proxy reward gain")
+    for ax in (ax_j, ax_p):
+        _kl_ticks(ax, ns, kl)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{title}: {results.get('n_prompts', '?')} prompts × {results.get('n_samples', '?')} samples")
+    return _save(fig, out)
+
+
+def plot_bon_win_rates(results: Mapping[str, object], out: Path | str, title: str = "Best-of-N win rate") -> Path:
+    """Win rate (ties ½) of each RM's pick over the baseline's pick against N, with the bootstrap band
+    and the 0.5 line (N = 1 sits on it exactly: both pick the same first sample)."""
+    ns, kl, wins = list(results["ns"]), list(results["kl"]), dict(results["win_rates"])
+    if not wins:
+        raise ValueError("results has no win rates (only the baseline RM)")
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, ws) in enumerate(wins.items(), start=1):  # colour 0 is the baseline in plot_bon_curves
+        ax.plot(ns, [w["value"] for w in ws], color=_color(i), marker="o", ms=4, lw=1.6, label=name)
+        ax.fill_between(ns, [w["low"] for w in ws], [w["high"] for w in ws], color=_color(i), alpha=0.15, lw=0)
+    ax.axhline(0.5, color="black", lw=1.0, ls=":", label="no difference")
+    _kl_ticks(ax, ns, kl)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel(f"win rate over {results.get('baseline', 'baseline')} (ties ½)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower left")
+    return _save(fig, out)
+
+
+def plot_gap_histogram_counts(hists: Mapping[str, tuple[Sequence[float], Sequence[float]]], out: Path | str,
+                              title: str = "Reward gap Δ (saved histograms)") -> Path:
+    """Step histograms from saved (counts [bins], edges [bins + 1]) per run, as fractions of each
+    run's pairs (runs differ in size and bin edges), with Δ = 0 marked."""
+    if not hists:
+        raise ValueError("hists is empty: give at least one {run name: (counts, edges)}")
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, (counts, edges)) in enumerate(hists.items()):
+        c, e = np.asarray(counts, dtype=np.float64), np.asarray(edges, dtype=np.float64)
+        if e.shape != (c.size + 1,):
+            raise ValueError(f"{name}: need edges [bins + 1], got {e.shape} for {c.size} bins")
+        total = c.sum()
+        ax.stairs(c / total if total else c, e, color=_color(i), lw=1.5, fill=False,
+                  label=f"{name} (B={int(total)})")
+    ax.axvline(0.0, color="black", lw=1.0, ls=":", label="Δ = 0")
+    ax.set_title(title)
+    ax.set_xlabel("reward gap Δ")
+    ax.set_ylabel("fraction of pairs per bin")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out)
+
+
+__all__ += ["plot_bon_curves", "plot_bon_win_rates", "plot_gap_histogram_counts"]

@@ -1,0 +1,396 @@
+"""`marginkit report`: one static HTML page gathering what run folders hold; plots embedded, readable offline.
+
+Walks each run folder (a `train-rm` output, a demo folder with one subfolder per strategy, an
+`eval-rm` output, a `bon` output, or any parent of those) and renders what it finds:
+
+    metrics.jsonl       -> training curves (report/plots.py) and a table of final values
+    eval report JSON    -> reward-gap histograms, accuracy by margin bucket (|Δ|, |label|, |true gap|)
+                           (any *.json with n_pairs, accuracy, by_abs_gap, distribution: `eval-rm`'s report)
+    alerts.jsonl        -> the margin monitor's alerts (step, check, severity, message)
+    bon_results.json    -> Best-of-N curves, win-rate tables, over-optimisation (evaluate/bon_run.py)
+    summary.json/.md    -> the demo's and studies' summary tables
+    *.png               -> figures the runs saved, placed in the section their name suggests
+
+Every plot is a PNG drawn by report/plots.py into a temporary folder and embedded as base64, and
+the page loads nothing from elsewhere, so the one file can be mailed or opened offline. A file
+that cannot be read is listed in the page with its error, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunContents", "collect_runs", "render_html", "write_report"]
+
+_SKIP_DIRS = {"cache", ".git", "__pycache__", "checkpoints", "wandb", "tensorboard", "runs_tb"}
+_MAX_JSON_BYTES = 50 * 2**20
+_MAX_PNG_BYTES = 8 * 2**20
+_EVAL_KEYS = {"n_pairs", "accuracy", "by_abs_gap", "distribution"}
+_BUCKET_KEYS = (("by_abs_gap", "|Δ| (the RM's own gap)"), ("by_label", "|label margin| (data)"),
+                ("by_gold", "|true gap| (gold world; accuracy against the true preference)"))
+# Found figures go to the section their file name suggests (first match wins).
+_FIGURE_SECTIONS = (("training", ("training_curve", "loss", "curve")), ("bon", ("bon",)),
+                    ("histograms", ("hist",)), ("buckets", ("bucket", "accuracy_by")))
+
+
+@dataclass
+class RunContents:
+    """What the run folders hold, by display name (the folder path relative to the run folder's parent)."""
+
+    run_dirs: list[Path]
+    metrics: dict[str, Path] = field(default_factory=dict)
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    bon: dict[str, dict[str, Any]] = field(default_factory=dict)
+    summaries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _walk(root: Path) -> list[Path]:
+    out = []
+    for path in sorted(root.iterdir()):
+        if path.is_dir():
+            if path.name not in _SKIP_DIRS and not path.name.startswith("checkpoint"):
+                out += _walk(path)
+        elif path.is_file():
+            out.append(path)
+    return out
+
+
+def _display(path: Path, root: Path) -> str:
+    """'demo/bt' for runs/demo/bt/metrics.jsonl given root runs/demo."""
+    rel = path.parent.relative_to(root)
+    return root.name if str(rel) == "." else f"{root.name}/{rel.as_posix()}"
+
+
+def _read_json(path: Path, c: RunContents) -> Any:
+    if path.stat().st_size > _MAX_JSON_BYTES:
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if path.name in ("bon_results.json", "summary.json"):
+            c.problems.append(f"{path}: unreadable JSON ({e})")
+        return None
+
+
+def _read_alerts(path: Path, run: str, c: RunContents) -> None:
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            c.problems.append(f"{path} line {i + 1}: invalid JSON ({e.msg})")
+            continue
+        if not isinstance(row, dict) or not {"step", "check", "severity", "message"} <= set(row):
+            c.problems.append(f"{path} line {i + 1}: an alert needs step, check, severity and message")
+            continue
+        c.alerts.append({"run": run, **row})
+
+
+def _collect_file(path: Path, root: Path, c: RunContents) -> None:
+    run = _display(path, root)
+    stem = path.relative_to(root).with_suffix("").as_posix()
+    name = path.name
+    if name == "metrics.jsonl":
+        c.metrics[run] = path
+    elif name == "alerts.jsonl":
+        _read_alerts(path, run, c)
+    elif name.endswith(".md") and name in ("summary.md", "study.md"):
+        c.texts[f"{run}/{name}"] = path.read_text(encoding="utf-8")
+    elif name.endswith(".png"):
+        c.figures[f"{root.name}/{stem}"] = path
+    elif name.endswith(".json"):
+        data = _read_json(path, c)
+        if name == "bon_results.json" and isinstance(data, dict) and "per_rm" in data:
+            c.bon[run] = data
+        elif name == "summary.json" and isinstance(data, list) and all(isinstance(r, dict) for r in data):
+            c.summaries[run] = data
+        elif isinstance(data, dict) and _EVAL_KEYS <= set(data):
+            c.evals[f"{root.name}/{stem}"] = data
+
+
+def collect_runs(run_dirs: Sequence[str | Path]) -> RunContents:
+    """Find everything the report can show under each run folder (module docstring)."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ValueError("report: give at least one run folder")
+    c = RunContents(run_dirs=dirs)
+    for root in dirs:
+        if not root.is_dir():
+            raise FileNotFoundError(f"report: {root} is not a folder (give run folders)")
+        for path in _walk(root):
+            _collect_file(path, root, c)
+    return c
+
+
+# ---- HTML pieces ----
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
+header{background:#1f3a5f;color:#fff;padding:18px 32px}header h1{margin:0 0 4px;font-size:24px}
+header p{margin:2px 0;font-size:13px;opacity:.85}
+nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #d8dde3;padding:8px 32px;z-index:2}
+nav a{margin-right:18px;color:#1f3a5f;text-decoration:none;font-size:14px}nav a:hover{text-decoration:underline}
+main{max-width:1240px;margin:0 auto;padding:8px 32px 48px}
+section{background:#fff;border:1px solid #d8dde3;border-radius:8px;margin:18px 0;padding:14px 22px}
+h2{margin:4px 0 10px;font-size:20px;color:#1f3a5f}h3{font-size:15px;margin:16px 0 6px}
+.tw{overflow-x:auto}table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #d8dde3;padding:4px 8px;white-space:nowrap}td.msg{white-space:normal;min-width:320px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:4px 16px}
+th{background:#eef1f5;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:10px 0}figure img{max-width:100%;border:1px solid #e3e6ea}figcaption{font-size:12px;color:#57606a}
+pre{background:#f3f4f6;padding:10px;overflow-x:auto;font-size:12px}
+.note{color:#57606a;font-size:13px}.empty{color:#8a939d;font-style:italic}
+.sev-stop{background:#fde2e1}.sev-warn{background:#fff4d6}.problem{color:#a40e26}
+"""
+
+_SECTIONS = (("summary", "Summary"), ("training", "Training curves"), ("histograms", "Reward-gap histograms"),
+             ("buckets", "Accuracy by margin bucket"), ("alerts", "Margin monitor alerts"),
+             ("bon", "Best-of-N"), ("figures", "Other figures"))
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, bool) or x is None:
+        return _e(x)
+    if isinstance(x, float):
+        return f"{x:.4g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+    return _e(x)
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td class=\"num\">{_fmt(v)}</td>" if isinstance(v, (int, float))
+                                    and not isinstance(v, bool) else f"<td>{_fmt(v)}</td>" for v in r) + "</tr>"
+                   for r in rows)
+    return f"<div class=\"tw\"><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f"<figure><img alt=\"{_e(caption)}\" src=\"data:image/png;base64,{data}\">"
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+class _Plotter:
+    """Draws with a report/plots.py function into a temporary folder; returns the <figure> or an error line."""
+
+    def __init__(self, tmp: Path, problems: list[str]):
+        self.tmp, self.problems, self.count = tmp, problems, 0
+
+    def __call__(self, fn: Callable[..., Path], caption: str, *args: Any, **kwargs: Any) -> str:
+        self.count += 1
+        try:
+            path = fn(*args, self.tmp / f"plot_{self.count}.png", **kwargs)
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            self.problems.append(f"{caption}: could not plot ({type(e).__name__}: {e})")
+            return f"<p class=\"problem\">{_e(caption)}: could not plot ({_e(e)})</p>"
+        return _img(path, caption)
+
+
+def _last(path: Path, keys: Sequence[str]) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            last.update({k: row[k] for k in keys if row.get(k) is not None})
+    return last
+
+
+def _section_training(c: RunContents, plot: _Plotter) -> str:
+    from marginkit.report.plots import plot_training_curves
+
+    if not c.metrics:
+        return "<p class=\"empty\">No metrics.jsonl in these runs.</p>"
+    keys = ["loss", "rewards/accuracies", "rewards/margins"]
+    cols = ["step", "epoch", "loss", "rewards/accuracies", "rewards/margins", "target_margins/mean", "eval_loss",
+            "eval_rewards/accuracies"]
+    finals = {name: _last(p, cols) for name, p in c.metrics.items()}
+    if any("target_margins/mean" in f for f in finals.values()):
+        keys.append("target_margins/mean")
+    # One image per metric, in a grid: legible at page width, where one wide figure would shrink.
+    parts = ["<div class=\"grid\">" + "".join(plot(plot_training_curves, f"{k} (train: line, eval: markers)",
+                                                   dict(c.metrics), keys=[k]) for k in keys) + "</div>"]
+    shown = [k for k in cols if any(k in f for f in finals.values())]
+    rows = [[name] + [f.get(k, "") for k in shown] for name, f in finals.items()]
+    parts.append("<h3>Last logged values</h3>" + _table(["run"] + shown, rows))
+    return "".join(parts)
+
+
+def _section_histograms(c: RunContents, plot: _Plotter) -> str:
+    from marginkit.report.plots import plot_gap_histogram_counts
+
+    hists = {n: (e["distribution"]["hist_counts"], e["distribution"]["hist_edges"]) for n, e in c.evals.items()
+             if e.get("distribution", {}).get("hist_counts")}
+    if not hists:
+        return ("<p class=\"empty\">No eval reports (eval-rm JSON) in these runs; figures the runs saved are "
+                "shown below when there are any.</p>")
+    rows = [[n, d["n"], d["mean"], d["std"], d["skewness"], d["p05"], d["p50"], d["p95"]]
+            for n, d in ((n, c.evals[n]["distribution"]) for n in hists)]
+    return (plot(plot_gap_histogram_counts, "Held-out reward gap Δ = r_chosen − r_rejected per eval report", hists)
+            + _table(["eval report", "pairs", "mean", "std", "skewness", "5%", "median", "95%"], rows))
+
+
+def _section_buckets(c: RunContents, plot: _Plotter) -> str:
+    from marginkit.evaluate.metrics import Bucket
+    from marginkit.report.plots import plot_accuracy_by_bucket
+
+    if not c.evals:
+        return "<p class=\"empty\">No eval reports in these runs.</p>"
+    parts = []
+    rows = []
+    for n, e in c.evals.items():
+        a, g = e["accuracy"], e.get("gold_accuracy")
+        rows.append([n, e["n_pairs"], a["value"], f"[{a['low']:.3f}, {a['high']:.3f}]",
+                     g["value"] if g else "", f"[{g['low']:.3f}, {g['high']:.3f}]" if g else "",
+                     e.get("calibration", {}).get("ece", "")])
+    parts.append(_table(["eval report", "pairs", "accuracy (labels)", "95% CI", "accuracy (true pref.)", "95% CI",
+                         "ECE"], rows))
+    for key, label in _BUCKET_KEYS:
+        runs = {n: [Bucket(**b) for b in e[key]["buckets"]] for n, e in c.evals.items()
+                if isinstance(e.get(key), dict) and e[key].get("buckets")}
+        if runs:
+            parts.append(plot(plot_accuracy_by_bucket, f"Accuracy by bucket of {label}", runs,
+                              title=f"Pairwise accuracy by {label.split(' (')[0]} quantile", xlabel=label))
+    return "".join(parts)
+
+
+def _section_alerts(c: RunContents) -> str:
+    if not c.alerts:
+        runs = ", ".join(sorted(c.metrics)) or "these runs"
+        return f"<p class=\"empty\">No alerts.jsonl (the margin monitor raised nothing, or was off) in {_e(runs)}.</p>"
+    by = {s: sum(a["severity"] == s for a in c.alerts) for s in sorted({a["severity"] for a in c.alerts})}
+    head = "<p>" + ", ".join(f"{v} × {_e(k)}" for k, v in by.items()) + "</p>"
+    rows = "".join(f"<tr class=\"sev-{_e(a['severity'])}\"><td>{_e(a['run'])}</td><td class=\"num\">{_e(a['step'])}"
+                   f"</td><td>{_e(a['check'])}</td><td>{_e(a['severity'])}</td><td class=\"msg\">{_e(a['message'])}</td></tr>"
+                   for a in sorted(c.alerts, key=lambda a: (a["run"], a["step"])))
+    return (head + "<div class=\"tw\"><table><thead><tr><th>run</th><th>step</th><th>check</th><th>severity</th>"
+            f"<th>message</th></tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def _bon_tables(d: dict[str, Any]) -> str:
+    rms, pct = list(d["per_rm"]), int(round(100 * d.get("level", 0.95)))
+    rows = []
+    for i, n in enumerate(d["ns"]):
+        row: list[Any] = [n, round(d["kl"][i], 4)]
+        row += [f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]" for m in (d["per_rm"][r]["judge"][i] for r in rms)]
+        row += [d["reference"]["judge_best"][i], d["reference"]["unguided"][i]]
+        rows.append(row)
+    parts = [f"<h3>Mean judge reward of each RM's pick ({pct}% bootstrap interval over prompts)</h3>",
+             _table(["N", "KL"] + rms + ["judge's own best", "unguided"], rows)]
+    if d["win_rates"]:
+        others = list(d["win_rates"])
+        rows = [[n] + [f"{w['value']:.3f} [{w['low']:.3f}, {w['high']:.3f}] ({w['wins']}/{w['ties']}/{w['losses']})"
+                       for w in (d["win_rates"][r][i] for r in others)] for i, n in enumerate(d["ns"])]
+        parts += [f"<h3>Win rate over {_e(d['baseline'])} (ties ½; wins/ties/losses)</h3>",
+                  _table(["N"] + [f"{r} vs {d['baseline']}" for r in others], rows)]
+        rows = [[n] + [f"{m['mean']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}]"
+                       for m in (d["judge_diff"][r][i] for r in others)] for i, n in enumerate(d["ns"])]
+        parts += [f"<h3>Paired difference of judge rewards, RM's pick − {_e(d['baseline'])}'s pick</h3>",
+                  _table(["N"] + [f"{r} − {d['baseline']}" for r in others], rows)]
+    rows = [[r, o["peak_n"], o["peak_judge"], "yes" if o["rising_at_end"] else "no", o["drop"], o["proxy_gain"]]
+            for r, o in d["over_optimisation"].items()]
+    parts += ["<h3>Over-optimisation: where the judge's reward stops rising</h3>",
+              _table(["RM", "peak N", "judge at peak", "still rising at max N", "drop after peak",
+                      "proxy gain (N=1 → max)"], rows)]
+    return "".join(parts)
+
+
+def _section_bon(c: RunContents, plot: _Plotter) -> str:
+    from marginkit.report.plots import plot_bon_curves, plot_bon_win_rates
+
+    if not c.bon:
+        return "<p class=\"empty\">No bon_results.json in these runs (run `marginkit bon`).</p>"
+    parts = []
+    for name, d in c.bon.items():
+        judge = d.get("judge", {})
+        judge_text = "the gold world's true reward" if judge.get("kind") == "world" else f"RM {judge.get('name', '?')}"
+        parts.append(f"<h3>{_e(name)}</h3><p class=\"note\">{d['n_prompts']} prompts × {d['n_samples']} samples, "
+                     f"judge: {_e(judge_text)}, prompts: {_e(d.get('prompts', '?'))}, seed {d.get('seed', '?')}</p>")
+        parts.append(plot(plot_bon_curves, f"{name}: judge reward of the pick and proxy gain vs N", d))
+        if d["win_rates"]:
+            parts.append(plot(plot_bon_win_rates, f"{name}: win rate over {d['baseline']} vs N", d))
+        parts.append(_bon_tables(d))
+    return "".join(parts)
+
+
+def _section_summary(c: RunContents) -> str:
+    parts = []
+    for name, rows in c.summaries.items():
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        parts.append(f"<h3>{_e(name)}/summary.json</h3>" + _table(keys, [[r.get(k, "") for k in keys] for r in rows]))
+    for name, text in c.texts.items():
+        if name.endswith("summary.md") and name.rsplit("/", 1)[0] in c.summaries:
+            continue  # the demo's summary.md is its summary.json as text
+        parts.append(f"<h3>{_e(name)}</h3><pre>{_e(text)}</pre>")
+    if c.problems:
+        parts.append("<h3>Files that could not be read</h3><ul>" +
+                     "".join(f"<li class=\"problem\">{_e(p)}</li>" for p in c.problems) + "</ul>")
+    return "".join(parts) or "<p class=\"empty\">No summary.json or summary.md in these runs.</p>"
+
+
+def _place_figures(c: RunContents) -> dict[str, list[tuple[str, Path]]]:
+    placed: dict[str, list[tuple[str, Path]]] = {}
+    for name, path in c.figures.items():
+        low = path.name.lower()
+        if path.stat().st_size > _MAX_PNG_BYTES:
+            c.problems.append(f"{path}: PNG over {_MAX_PNG_BYTES // 2**20} MiB, not embedded")
+            continue
+        if (c.metrics and low.startswith("training_curves")) or (c.bon and low.startswith("bon_")):
+            continue  # drawn above from the same files
+        section = next((s for s, keys in _FIGURE_SECTIONS if any(k in low for k in keys)), "figures")
+        placed.setdefault(section, []).append((name, path))
+    return placed
+
+
+def render_html(c: RunContents, title: str = "marginkit report") -> str:
+    """The whole page as one string (plots drawn into a temporary folder and embedded)."""
+    from marginkit import __version__
+
+    placed = _place_figures(c)
+    with tempfile.TemporaryDirectory(prefix="marginkit_report_") as tmp:
+        plot = _Plotter(Path(tmp), c.problems)
+        bodies = {"training": _section_training(c, plot), "histograms": _section_histograms(c, plot),
+                  "buckets": _section_buckets(c, plot), "alerts": _section_alerts(c), "bon": _section_bon(c, plot)}
+    bodies["summary"] = _section_summary(c)  # last: lists the problems met while plotting
+    for section, figs in placed.items():
+        extra = "".join(_img(p, f"{n}.png (saved by the run)") for n, p in figs)
+        head = "" if section == "figures" else "<h3>Figures saved by the runs</h3>"
+        bodies[section] = bodies.get(section, "") + head + extra
+    bodies.setdefault("figures", "<p class=\"empty\">No other figures.</p>")
+    nav = "".join(f"<a href=\"#{sid}\">{_e(label)}</a>" for sid, label in _SECTIONS)
+    sections = "".join(f"<section id=\"{sid}\"><h2>{_e(label)}</h2>{bodies[sid]}</section>" for sid, label in _SECTIONS)
+    runs = ", ".join(_e(d.resolve()) for d in c.run_dirs)
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{_CSS}</style></head>"
+            f"<body><header><h1>{_e(title)}</h1><p>runs: {runs}</p><p>generated {time.strftime('%Y-%m-%d %H:%M')} "
+            f"by marginkit {_e(__version__)}</p></header><nav>{nav}</nav><main>{sections}</main></body></html>\n")
+
+
+def write_report(run_dirs: Sequence[str | Path], out_html: str | Path, title: str = "marginkit report") -> Path:
+    """Gather the run folders into one static HTML file at `out_html` (written atomically); returns its path."""
+    page = render_html(collect_runs(run_dirs), title)
+    out = Path(out_html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
