@@ -77,6 +77,10 @@ STUDY_VARIANTS: dict[str, StudyVariant] = {v.name: v for v in [
     _v("conf-ens", "confidence", {"name": "confidence", "confidence": {"source": "ensemble",
                                                                        "ensemble_models": "{ensemble}"}},
        needs_ensemble=True),
+    # OT (seed 002, APLOT): the RM's own hidden states; plan-derived hardness in [0, 1] times the scale
+    _v("ot-1", "ot", {"name": "ot", "ot": {"scale": 1.0}}),
+    _v("ot-2", "ot", {"name": "ot", "ot": {"scale": 2.0}}),
+    _v("ot-diag-2", "ot", {"name": "ot", "ot": {"scale": 2.0, "margin_from": "diagonal_mass"}}),
 ]}
 
 

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from marginkit.diagnostics.monitor import Alert, MarginMonitor, MonitorConfig, MonitorStopError
 from marginkit.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -76,6 +77,7 @@ class TrainConfig:
                 "sdpa with an explicit mask on CPU."})
     torch_compile: bool = field(default=False, metadata={
         "help": "torch.compile each transformer block in place (regional; checkpoints unchanged)."})
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "gradient_accumulation_steps", "num_epochs", "log_every"):
@@ -132,7 +134,10 @@ class Engine:
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, model: Any, optimizer: Any, scheduler: Any,
                  collate: Callable, stateful: dict[str, Any] | None = None,
                  save_model: Callable[[Path], None] | None = None, ids: Sequence[str] | None = None,
-                 log_fn: Callable[[dict[str, Any]], None] | None = None):
+                 log_fn: Callable[[dict[str, Any]], None] | None = None,
+                 expected_initial_loss: float | str | None = None):
+        """`expected_initial_loss`: the step-1 loss the margin monitor checks (a number, or the name of a
+        metric the step logs that holds it, e.g. "diagnostics/loss_at_zero_gap"; None skips that check)."""
         self.cfg, self.acc = cfg, accelerator
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.collate, self.stateful = collate, stateful or {}
@@ -141,6 +146,10 @@ class Engine:
         self.out = Path(cfg.output_dir)
         self.metrics_path = self.out / "metrics.jsonl"
         self.history: list[dict[str, Any]] = []
+        self.monitor = MarginMonitor(cfg.monitor, expected_initial_loss)
+        self.stateful = {**self.stateful, "monitor": self.monitor}
+        self.alerts_path = self.out / "alerts.jsonl"
+        self.window_alerts = 0  # alerts since the last logged row
 
     # ---- data ----
     def _loader(self, data: Sequence[Any], epoch: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
@@ -220,24 +229,32 @@ class Engine:
             "finite losses: an overflow in backward. Lower the learning rate or use bf16 instead of fp16.")
 
     # ---- logging ----
-    def _log(self, sums: dict[str, torch.Tensor], started: float, extra: dict[str, float]) -> dict[str, Any]:
+    def _reduce(self, sums: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, float]]:
+        """Sum `sums` over processes (one all-reduce) -> (per-pair means and grad_norm, raw totals)."""
         keys = sorted(sums)
         values = torch.stack([torch.as_tensor(sums[k], device=self.acc.device).float() for k in keys])
         values = self.acc.reduce(values, reduction="sum").tolist()
         total = dict(zip(keys, values))
         count, steps = total.pop("count"), total.pop("steps") / self.acc.num_processes
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
+        means: dict[str, float] = {}
         sq = total.pop("target_margins/sq", None)
         for k, v in total.items():
             if k not in ("tokens", "grad_norm"):
-                row[k] = v / count
+                means[k] = v / count
         if sq is not None:
-            row["target_margins/std"] = math.sqrt(max(sq / count - row["target_margins/mean"] ** 2, 0.0))
-        row["grad_norm"] = total["grad_norm"] / self.acc.num_processes / steps
+            means["target_margins/std"] = math.sqrt(max(sq / count - means["target_margins/mean"] ** 2, 0.0))
+        means["grad_norm"] = total["grad_norm"] / self.acc.num_processes / steps
+        return means, {"count": count, "tokens": total["tokens"]}
+
+    def _log(self, sums: dict[str, torch.Tensor], started: float, extra: dict[str, float]) -> dict[str, Any]:
+        means, total = self._reduce(sums)
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        row: dict[str, Any] = {"step": self.step, "epoch": self.epoch, **means}
         row["learning_rate"] = self.scheduler.get_last_lr()[0]
         row["tokens_per_second"] = total["tokens"] / elapsed
-        row["pairs_per_second"] = count / elapsed
+        row["pairs_per_second"] = total["count"] / elapsed
+        row["monitor/alerts"] = self.window_alerts
+        self.window_alerts = 0
         row.update(extra)
         self.write_row(row)
         return row
@@ -284,12 +301,52 @@ class Engine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         for k, obj in self.stateful.items():
+            if k == "monitor" and k not in state["stateful"]:  # a checkpoint from before the monitor existed
+                self.acc.print(f"{path} holds no margin-monitor state: the monitor starts afresh")
+                continue
             obj.load_state_dict(state["stateful"][k])
         set_rng_state(state["rng"])
         self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
         if self.step == 0 and self.batches_done == 0:
             return
         self.acc.print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batches_done})")
+
+    # ---- the margin monitor ----
+    def _start_monitor(self) -> None:
+        """A fresh run starts an empty alerts.jsonl; a resumed one keeps the alerts up to its checkpoint."""
+        if self.cfg.monitor.enabled and self.step == 0 and not self.monitor.checks_first_step:
+            self.acc.print("monitor: first-step loss check skipped: the trainer gave no expected initial loss "
+                           "(set train.monitor.first_step.expected to check it)")
+        if not self.acc.is_main_process or not self.alerts_path.exists():
+            return
+        lines = self.alerts_path.read_text().splitlines() if self.step else []
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.step]
+        self.alerts_path.write_text("".join(line + "\n" for line in kept))
+
+    def _monitor(self, step_sums: dict[str, torch.Tensor]) -> list[Alert]:
+        """Reduce this optimizer step's own sums over processes (one small all-reduce; the non-finite check
+        already syncs every step) and let the monitor check them. Every process gets the same numbers, so
+        every process takes the same decision, and a stop ends them all."""
+        if not self.cfg.monitor.enabled:
+            return []
+        metrics, _ = self._reduce(step_sums)
+        metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
+        alerts = self.monitor.observe(self.step, metrics)
+        if alerts and self.acc.is_main_process:
+            with self.alerts_path.open("a") as f:
+                for alert in alerts:
+                    f.write(json.dumps(alert.to_dict()) + "\n")
+                    tqdm.write(str(alert))
+        self.window_alerts += len(alerts)
+        return alerts
+
+    def _stop(self, alert: Alert, sums: dict[str, torch.Tensor], started: float, bar: Any) -> None:
+        """End the run for a "stop" alert: log the window so far, close the bar and trackers, raise. No
+        checkpoint is written: the weights after this step are the ones the monitor objected to."""
+        self._log(sums, started, {})
+        bar.close()
+        self.acc.end_training()
+        raise MonitorStopError(alert, str(self.alerts_path))
 
     # ---- the loop ----
     def fit(self, step_fn: StepFn, data: Sequence[Any], evaluate: Callable[[int], dict[str, float]] | None = None) -> None:
@@ -299,14 +356,21 @@ class Engine:
         bar = tqdm(total=total, initial=self.step, desc="train", disable=not (cfg.progress_bar and self.acc.is_main_process),
                    dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
+        self._start_monitor()
         started = time.perf_counter()
         self.model.train()
         while self.step < total and self.epoch < cfg.num_epochs:
             for window in self._windows(self._loader(data, self.epoch, skip=self.batches_done)):
-                self._optimizer_step(step_fn, window, sums)
+                step_sums: dict[str, torch.Tensor] = {}
+                self._optimizer_step(step_fn, window, step_sums)
+                for k, v in step_sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 self.step += 1
                 self.batches_done += len(window)
                 bar.update(1)
+                stops = [alert for alert in self._monitor(step_sums) if alert.severity == "stop"]
+                if stops:
+                    self._stop(stops[0], sums, started, bar)
                 if self.step % cfg.log_every == 0 or self.step == total:
                     row = self._log(sums, started, {})
                     bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.3f}")

@@ -51,6 +51,10 @@ def rm_step(
 
     with torch.no_grad():
         active = margins.active.float()
+        # Quantiles of this micro-batch's margins (one process's share), times its pairs: the engine's
+        # sum/count then logs their pair-weighted mean over micro-batches (docs/metrics.md).
+        levels = torch.tensor([0.1, 0.5, 0.9], device=bt.device)
+        q10, q50, q90 = torch.quantile(target_margin.float(), levels) * len(bt)  # [3] -> 3 scalars
         stats = {
             "loss": per_pair_loss.detach().sum(),
             "rewards/chosen": chosen.detach().sum(),
@@ -60,7 +64,12 @@ def rm_step(
             "target_margins/mean": target_margin.sum(),
             "target_margins/sq": (target_margin**2).sum(),
             "target_margins/active_fraction": active.sum(),
+            "target_margins/microbatch_p10": q10,
+            "target_margins/microbatch_p50": q50,
+            "target_margins/microbatch_p90": q90,
+            "target_margins/filtered_fraction": (1.0 - active).sum(),
             "diagnostics/margin_exceeds_gap": ((target_margin > reward_gap) & margins.active).float().sum(),
+            "diagnostics/loss_at_zero_gap": torch.nn.functional.softplus(target_margin.float()).sum(),
             "count": torch.tensor(float(len(bt)), device=bt.device),
         }
         for name, value in margins.diagnostics.items():
