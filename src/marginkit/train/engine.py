@@ -373,7 +373,8 @@ class Engine:
                     self._stop(stops[0], sums, started, bar)
                 if self.step % cfg.log_every == 0 or self.step == total:
                     row = self._log(sums, started, {})
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.3f}")
+                    shown = {"acc": f"{row['rewards/accuracies']:.3f}"} if "rewards/accuracies" in row else {}
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", **shown)  # SFT steps log no accuracy
                     sums, started = {}, time.perf_counter()
                 if evaluate is not None and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < total:
                     self.write_row({"step": self.step, "epoch": self.epoch, **evaluate(self.step)})
