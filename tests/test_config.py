@@ -29,7 +29,7 @@ def test_yaml_reads_exponent_floats(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("train.learnin_rate=1", r"unknown config key\(s\) \['learnin_rate'\] in train; allowed: \[.*'learning_rate'"),
-    ("margin.name=magic", r"margin.name='magic': must be one of \['none', 'fixed', 'label', 'oracle'\]"),
+    ("margin.name=magic", r"margin.name='magic': must be one of \['none', 'fixed', 'label', 'oracle', 'confidence', 'ot'\]"),
     ("train.batch_size=two", r"train.batch_size='two': expected an integer"),
     ("train.batch_size=0", r"train.batch_size=0: must be >= 1"),
     ("train.max_grad_norm=true", r"train.max_grad_norm=True: expected a number"),

@@ -227,12 +227,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet()
     from marginkit.configlib import ConfigError
     from marginkit.data.schema import DataError
+    from marginkit.diagnostics.monitor import MonitorStopError
+    from marginkit.diagnostics.preflight import PreflightError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except MonitorStopError as e:  # the monitor stopped training on purpose: its message says why and what to do
+        print(f"stopped by the margin monitor: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -147,8 +147,11 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
         scorer = {"tokenize": to_dict(cfg.data.tokenize), "padding_side": cfg.data.padding_side}
         save_reward_model(acc.unwrap_model(model), tokenizer, path, scorer)
 
+    # With a zero head every Δ is 0 at step 1, so the first loss must be mean softplus(m) (ln 2 for BT).
+    expected_loss = "diagnostics/loss_at_zero_gap" if cfg.model.head_init == "zero" else None
     engine = Engine(cfg.train, acc, model, optimizer, scheduler, collate, stateful={"margin": strategy},
-                    save_model=save_model, ids=[p.id or f"#{i}" for i, p in enumerate(train_pairs)])
+                    save_model=save_model, ids=[p.id or f"#{i}" for i, p in enumerate(train_pairs)],
+                    expected_initial_loss=expected_loss)
     if cfg.train.resume_from:
         engine.resume(cfg.train.resume_from)
     evaluate = partial(_evaluate, acc, model, eval_set, tokenizer.pad_token_id, cfg) if eval_set else None
