@@ -13,7 +13,8 @@ from marginkit.data.schema import DataError, Pair
 from marginkit.data.tokenize import TokenizeConfig, encode_pairs
 from marginkit.data.world import WorldConfig, make_world
 from marginkit.evaluate import bon_run
-from marginkit.evaluate.bon_run import BonConfig, run_bon, score_samples
+from marginkit.evaluate.bon import best_of_n_sweep
+from marginkit.evaluate.bon_run import BonConfig, combine_runs, format_tables, run_bon, score_samples
 from marginkit.evaluate.sampling import SampleSet, SamplingConfig, read_prompts, sample_hf, sample_world
 from marginkit.evaluate.scorer import score_encoded
 from marginkit.models.reward import ModelConfig, load_reward_model, save_reward_model
@@ -157,3 +158,25 @@ def test_read_prompts(tmp_path):
     f.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
     with pytest.raises(DataError, match=r'p.jsonl row 1, field "prompt"'):
         read_prompts(f)
+
+
+def test_combine_runs_by_hand():
+    # Two runs whose N=2 win rates are 0.6 and 0.8 (5 prompts, 1 sample differs per win):
+    # mean 0.7; sd (ddof 1) = 0.1 * sqrt(2); t_0.975 with 1 degree of freedom = 12.7062047;
+    # half-width = 12.7062047 * 0.1 * sqrt(2) / sqrt(2) = 1.27062047.
+    judge = np.array([[0.0, 1.0]] * 5)
+    base = np.array([[1.0, 0.0]] * 5)  # always keeps sample 0 (judge 0)
+    runs = []
+    for wins in (1, 3):  # rm picks sample 1 (judge 1) on `wins` prompts: win rate (wins + 0.5 * (5 - wins)) / 5
+        rm = np.array([[0.0, 1.0]] * wins + [[1.0, 0.0]] * (5 - wins))
+        runs.append(best_of_n_sweep({"bt": base, "m": rm}, judge, [1, 2], n_boot=20).to_dict())
+    assert [r["win_rates"]["m"][1]["value"] for r in runs] == pytest.approx([0.6, 0.8])
+    d = combine_runs(runs)
+    w = d["win_rates"]["m"][1]
+    assert (w["value"], w["low"], w["high"]) == pytest.approx((0.7, 0.7 - 1.27062047, 0.7 + 1.27062047))
+    assert (w["wins"], w["ties"], w["losses"]) == (4, 6, 0) and d["runs_above_half"]["m"] == [0, 2]
+    # Paired judge difference: (1/5, 3/5) -> mean 0.4; N=1 is exactly 0 in both runs.
+    assert d["judge_diff"]["m"][1]["mean"] == pytest.approx(0.4) and d["win_rates"]["m"][0]["value"] == 0.5
+    assert "mean over 2 runs" in format_tables(d) and "2/2" in format_tables(d)
+    with pytest.raises(ValueError, match="differ"):
+        combine_runs([runs[0], best_of_n_sweep({"bt": base}, judge, [1, 2], n_boot=20).to_dict()])

@@ -53,11 +53,12 @@ def run_dir(tmp_path_factory) -> Path:
     alerts = [{"step": 3, "check": "explosion", "severity": "warn", "message": "gap <grew> fast", "values": {}},
               {"step": 7, "check": "stuck", "severity": "stop", "message": "loss at ln 2", "values": {"loss": 0.69}}]
     (root / "fixed" / "alerts.jsonl").write_text("".join(json.dumps(a) + "\n" for a in alerts) + "not json\n")
-    scores = {"bt": rng.normal(size=(20, 8)), "fixed": rng.normal(size=(20, 8))}
-    bon = best_of_n_sweep(scores, rng.normal(size=(20, 8)), [1, 2, 4, 8], n_boot=50).to_dict()
-    bon.update({"judge": {"kind": "world"}, "prompts": "world:test"})
-    (root / "bon").mkdir()
-    (root / "bon" / "bon_results.json").write_text(json.dumps(bon))
+    for run in ("bon", "bon_seed1"):  # two runs of the same RMs and N: also summarised across runs
+        scores = {"bt": rng.normal(size=(20, 8)), "fixed": rng.normal(size=(20, 8))}
+        bon = best_of_n_sweep(scores, rng.normal(size=(20, 8)), [1, 2, 4, 8], n_boot=50).to_dict()
+        bon.update({"judge": {"kind": "world"}, "prompts": "world:test"})
+        (root / run).mkdir()
+        (root / run / "bon_results.json").write_text(json.dumps(bon))
     (root / "summary.json").write_text(json.dumps([{"strategy": "bt", "acc_true": 0.61},
                                                    {"strategy": "fixed", "acc_true": 0.63}]))
     plot_reliability({"bt": M.calibration(gold)}, root / "reliability.png")  # a figure the run saved
@@ -75,9 +76,9 @@ def test_page_has_every_section_and_embedded_pngs(run_dir, tmp_path):
         assert f'<section id="{sid}">' in page and f'href="#{sid}"' in page
     assert "<title>demo &lt;report&gt;</title>" in page
     images = _images(page)
-    # training: 4 metric panels; histograms: 1; buckets: |Δ| and |true gap|; bon: curves + win rates;
-    # the run's own reliability.png.
-    assert len(images) == 4 + 1 + 2 + 2 + 1
+    # training: 4 metric panels; histograms: 1; buckets: |Δ| and |true gap|; bon: curves + win rates for
+    # each of the 2 runs and for the two together; the run's own reliability.png.
+    assert len(images) == 4 + 1 + 2 + 3 * 2 + 1
     assert all(img.startswith(b"\x89PNG\r\n\x1a\n") and len(img) > 1000 for img in images)
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing loaded from elsewhere: readable offline
     # Alerts: both rows, escaped, with severity classes; the unreadable line is listed, not dropped.
@@ -85,6 +86,7 @@ def test_page_has_every_section_and_embedded_pngs(run_dir, tmp_path):
     assert "alerts.jsonl line 3: invalid JSON" in page
     # Best-of-N tables: N=1 is an exact tie between any two RMs.
     assert "0.500 [0.500, 0.500] (0/20/0)" in page and "Over-optimisation" in page
+    assert "Across 2 runs: demo/bon, demo/bon_seed1" in page and "95% t-interval over 2 runs" in page
     # Summary table and the last logged training values.
     assert "<td>fixed</td><td class=\"num\">0.63</td>" in page
     assert "demo/bt" in page and "demo/fixed" in page and "eval_rewards/accuracies" in page
@@ -94,7 +96,7 @@ def test_collect_finds_each_kind(run_dir):
     c = collect_runs([run_dir])
     assert sorted(c.metrics) == ["demo/bt", "demo/fixed"]
     assert sorted(c.evals) == ["demo/bt/model/eval/test", "demo/fixed/model/eval/test"]
-    assert list(c.bon) == ["demo/bon"] and len(c.alerts) == 2 and list(c.summaries) == ["demo"]
+    assert list(c.bon) == ["demo/bon", "demo/bon_seed1"] and len(c.alerts) == 2 and list(c.summaries) == ["demo"]
     assert list(c.figures) == ["demo/reliability"]
 
 
@@ -109,7 +111,7 @@ def test_empty_folder_says_what_is_missing(tmp_path):
 def test_cli_report(run_dir, tmp_path, capsys):
     out = tmp_path / "cli.html"
     assert main(["report", str(run_dir), "--out", str(out)]) == 0
-    assert f"wrote {out}" in capsys.readouterr().out and len(_images(out.read_text())) == 10
+    assert f"wrote {out}" in capsys.readouterr().out and len(_images(out.read_text())) == 14
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ from marginkit.evaluate.sampling import (
 )
 
 __all__ = ["BonConfig", "RMSpec", "parse_rm_spec", "resolve_prompts", "get_samples", "score_samples", "rm_scores",
-           "world_scores", "run_bon", "format_tables", "parse_ns", "SCORER_VERSION"]
+           "world_scores", "run_bon", "format_tables", "combine_runs", "parse_ns", "SCORER_VERSION"]
 
 SCORER_VERSION = "rm-scorer-v1"  # part of every score key: bump when the scoring path changes
 
@@ -317,6 +317,58 @@ def _ci(m: dict[str, float], fmt: str = ".3f") -> str:
     return f"{m['mean']:{fmt}} [{m['low']:{fmt}}, {m['high']:{fmt}}]"
 
 
+def combine_runs(results: list[dict[str, Any]], level: float = 0.95) -> dict[str, Any]:
+    """Several bon_results dicts of the same RM names, baseline and N (e.g. one per training seed) as one
+    dict of the same shape: every mean is the mean over runs, every interval a Student-t interval over
+    runs (`study.margins.t_interval`), so it measures how much the result moves between RM trainings,
+    not only between prompts; wins/ties/losses are summed. `runs_above_half[rm][i]` counts the runs
+    whose win rate at ns[i] is above 1/2."""
+    from marginkit.evaluate.bon import over_optimisation
+    from marginkit.study.margins import t_interval
+
+    if len(results) < 2:
+        raise ValueError(f"combine_runs: need at least 2 runs, got {len(results)}")
+    first = results[0]
+    key = (first["baseline"], list(first["per_rm"]), first["ns"])
+    for d in results[1:]:
+        if (d["baseline"], list(d["per_rm"]), d["ns"]) != key:
+            raise ValueError(f"combine_runs: runs differ in baseline, RMs or N: {key} vs "
+                             f"{(d['baseline'], list(d['per_rm']), d['ns'])}")
+    ns = first["ns"]
+
+    def tci(values: list[float]) -> dict[str, float]:
+        mean, low, high = t_interval(values, level)
+        return {"mean": mean, "low": low, "high": high}
+
+    def over(get: Callable[[dict[str, Any], int], float]) -> list[dict[str, float]]:
+        return [tci([get(d, i) for d in results]) for i in range(len(ns))]
+
+    per_rm = {r: {"judge": over(lambda d, i, r=r: d["per_rm"][r]["judge"][i]["mean"]),
+                  "proxy": [float(np.mean([d["per_rm"][r]["proxy"][i] for d in results])) for i in range(len(ns))]}
+              for r in first["per_rm"]}
+    win_rates: dict[str, list[dict[str, Any]]] = {}
+    for r in first["win_rates"]:
+        rows = []
+        for i, n in enumerate(ns):
+            ws = [d["win_rates"][r][i] for d in results]
+            m = tci([w["value"] for w in ws])
+            rows.append({"rm": r, "baseline": first["baseline"], "n": n, "value": m["mean"], "low": m["low"],
+                         "high": m["high"], "level": level, **{k: sum(w[k] for w in ws) for k in
+                                                                 ("wins", "ties", "losses")}})
+        win_rates[r] = rows
+    judge_diff = {r: over(lambda d, i, r=r: d["judge_diff"][r][i]["mean"]) for r in first["win_rates"]}
+    reference = {k: [float(np.mean([d["reference"][k][i] for d in results])) for i in range(len(ns))]
+                 for k in first["reference"]}
+    over_opt = {r: over_optimisation(r, ns, [m["mean"] for m in v["judge"]], v["proxy"]).to_dict()
+                for r, v in per_rm.items()}
+    return {"ns": ns, "kl": first["kl"], "baseline": first["baseline"], "n_prompts": sum(d["n_prompts"] for d in results),
+            "n_samples": first["n_samples"], "level": level, "runs": len(results), "per_rm": per_rm,
+            "win_rates": win_rates, "judge_diff": judge_diff, "reference": reference, "over_optimisation": over_opt,
+            "runs_above_half": {r: [sum(d["win_rates"][r][i]["value"] > 0.5 for d in results) for i in range(len(ns))]
+                                for r in first["win_rates"]},
+            "judge": first.get("judge"), "prompts": first.get("prompts"), "interval": "t over runs"}
+
+
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -326,18 +378,22 @@ def format_tables(d: dict[str, Any]) -> str:
     rms = list(d["per_rm"])
     pct = int(round(d["level"] * 100))
     head = ["N", "KL"] + rms + ["judge's own best", "unguided"]
-    lines = [f"Mean judge reward of each RM's Best-of-N pick ({d['n_prompts']} prompts, {pct}% bootstrap interval):",
-             ""]
+    over = (f"mean over {d['runs']} runs, {pct}% t-interval over runs" if d.get("runs")
+            else f"{d['n_prompts']} prompts, {pct}% bootstrap interval")
+    lines = [f"Mean judge reward of each RM's Best-of-N pick ({over}):", ""]
     lines += _md_table(head, [[str(n), f"{d['kl'][i]:.3f}"] + [_ci(d["per_rm"][r]["judge"][i]) for r in rms]
                               + [f"{d['reference']['judge_best'][i]:.3f}", f"{d['reference']['unguided'][i]:.3f}"]
                               for i, n in enumerate(d["ns"])])
     others = list(d["win_rates"])
     if others:
         base = d["baseline"]
-        lines += ["", f"Win rate of each RM's pick over {base}'s pick (ties 1/2; wins/ties/losses):", ""]
+        above = d.get("runs_above_half")
+        lines += ["", f"Win rate of each RM's pick over {base}'s pick (ties 1/2; wins/ties/losses"
+                  + (", summed; runs with a win rate above 1/2):" if above else "):"), ""]
         lines += _md_table(["N"] + [f"{r} vs {base}" for r in others], [
             [str(n)] + [f"{w['value']:.3f} [{w['low']:.3f}, {w['high']:.3f}] ({w['wins']}/{w['ties']}/{w['losses']})"
-                        for w in (d["win_rates"][r][i] for r in others)] for i, n in enumerate(d["ns"])])
+                        + (f" {above[r][i]}/{d['runs']}" if above else "")
+                        for r, w in ((r, d["win_rates"][r][i]) for r in others)] for i, n in enumerate(d["ns"])])
         lines += ["", f"Paired difference of judge rewards, each RM's pick minus {base}'s pick:", ""]
         lines += _md_table(["N"] + [f"{r} − {base}" for r in others], [
             [str(n)] + [_ci(d["judge_diff"][r][i], "+.3f") for r in others] for i, n in enumerate(d["ns"])])

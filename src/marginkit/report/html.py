@@ -288,13 +288,14 @@ def _section_alerts(c: RunContents) -> str:
 
 def _bon_tables(d: dict[str, Any]) -> str:
     rms, pct = list(d["per_rm"]), int(round(100 * d.get("level", 0.95)))
+    interval = f"{pct}% t-interval over {d['runs']} runs" if d.get("runs") else f"{pct}% bootstrap interval over prompts"
     rows = []
     for i, n in enumerate(d["ns"]):
         row: list[Any] = [n, round(d["kl"][i], 4)]
         row += [f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]" for m in (d["per_rm"][r]["judge"][i] for r in rms)]
         row += [d["reference"]["judge_best"][i], d["reference"]["unguided"][i]]
         rows.append(row)
-    parts = [f"<h3>Mean judge reward of each RM's pick ({pct}% bootstrap interval over prompts)</h3>",
+    parts = [f"<h3>Mean judge reward of each RM's pick ({interval})</h3>",
              _table(["N", "KL"] + rms + ["judge's own best", "unguided"], rows)]
     if d["win_rates"]:
         others = list(d["win_rates"])
@@ -314,12 +315,36 @@ def _bon_tables(d: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _section_bon_combined(c: RunContents, plot: _Plotter) -> str:
+    """Runs with the same baseline, RMs and N (e.g. one per training seed) summarised together first."""
+    from marginkit.evaluate.bon_run import combine_runs
+    from marginkit.report.plots import plot_bon_curves, plot_bon_win_rates
+
+    groups: dict[tuple, list[str]] = {}
+    for name, d in c.bon.items():
+        groups.setdefault((d["baseline"], tuple(d["per_rm"]), tuple(d["ns"])), []).append(name)
+    parts = []
+    for names in (g for g in groups.values() if len(g) > 1):
+        d = combine_runs([c.bon[n] for n in names])
+        title = f"Across {len(names)} runs"
+        parts.append(f"<h3>{title}: {_e(', '.join(names))}</h3><p class=\"note\">Means over runs; bands and "
+                     "intervals are Student-t intervals over runs (how much the result moves between RM trainings "
+                     "and prompt sets), not over prompts.</p>")
+        parts.append(plot(plot_bon_curves, f"{title}: judge reward of the pick and proxy gain vs N", d,
+                          title=f"Best-of-N, mean of {len(names)} runs"))
+        if d["win_rates"]:
+            parts.append(plot(plot_bon_win_rates, f"{title}: win rate over {d['baseline']} vs N", d,
+                              title=f"Best-of-N win rate, mean of {len(names)} runs"))
+        parts.append(_bon_tables(d))
+    return "".join(parts)
+
+
 def _section_bon(c: RunContents, plot: _Plotter) -> str:
     from marginkit.report.plots import plot_bon_curves, plot_bon_win_rates
 
     if not c.bon:
         return "<p class=\"empty\">No bon_results.json in these runs (run `marginkit bon`).</p>"
-    parts = []
+    parts = [_section_bon_combined(c, plot)]
     for name, d in c.bon.items():
         judge = d.get("judge", {})
         judge_text = "the gold world's true reward" if judge.get("kind") == "world" else f"RM {judge.get('name', '?')}"

@@ -309,3 +309,38 @@ def plot_gap_histogram_counts(hists: Mapping[str, tuple[Sequence[float], Sequenc
 
 
 __all__ += ["plot_bon_curves", "plot_bon_win_rates", "plot_gap_histogram_counts"]
+
+
+def plot_target_vs_learned(target: np.ndarray, gap: np.ndarray, active: np.ndarray, out: Path | str,
+                           title: str = "Target margin m vs learned gap Δ (training pairs, final model)") -> Path:
+    """Left: histograms of the strategy's target margins m (active pairs) and of the learned gaps Δ
+    on the same pairs; right: Δ against m per pair with the line Δ = m (pairs below it still pay a
+    margin loss). Inputs are [B] arrays; `active` is bool [B]."""
+    m, d, a = (np.asarray(x) for x in (target, gap, active))
+    if not (m.shape == d.shape == a.shape) or m.ndim != 1 or m.size == 0:
+        raise ValueError(f"need three non-empty [B] arrays, got {m.shape}, {d.shape}, {a.shape}")
+    a = a.astype(bool)
+    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    shown = m[a] if a.any() else m
+    edges = np.histogram_bin_edges(np.concatenate([shown, d]), bins=40)
+    left.hist(shown, bins=edges, color=_color(0), alpha=0.45, label=f"target m ({int(a.sum())} active of {a.size})")
+    left.hist(d, bins=edges, color=_color(1), alpha=0.45, label=f"learned Δ (mean {d.mean():.2f})")
+    left.set_xlabel("value")
+    left.set_ylabel("pairs")
+    left.grid(alpha=0.3)
+    left.legend(fontsize="small")
+    right.scatter(m[a], d[a], s=6, alpha=0.4, color=_color(0), label="active pairs")
+    if (~a).any():
+        right.scatter(m[~a], d[~a], s=6, alpha=0.3, color="grey", label="filtered (plain BT)")
+    lo, hi = float(min(m.min(), d.min())), float(max(m.max(), d.max()))
+    right.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="Δ = m")
+    right.set_xlabel("target margin m")
+    right.set_ylabel("learned gap Δ")
+    right.grid(alpha=0.3)
+    right.legend(fontsize="small")
+    fig.suptitle(title)
+    return _save(fig, out)
+
+
+__all__ += ["plot_target_vs_learned"]
