@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -330,3 +331,24 @@ def test_nan_gradient_stops_before_the_optimizer_step(tiny_model_dir, word_token
     with pytest.raises(NonFiniteLossError, match=r"non-finite gradient norm \(nan\) at optimizer step 3"):
         train(cfg, pairs)
     assert_weights_of_checkpoint(models[0], tmp_path / "checkpoints" / "step-000002")
+
+
+def test_run_writes_target_vs_learned_margins(tmp_path, tiny_model_dir):
+    # fixed margin 0.5: every target is 0.5, every pair active; the snapshot's gaps are the final
+    # model's gaps on the training pairs, so they equal a fresh scoring of those pairs.
+    from marginkit.config import RMRunConfig
+    from marginkit.configlib import from_dict
+    from marginkit.train.rm import train_reward_model
+
+    pairs = [Pair(f"please help {w}", "yes great", "no bad", id=str(i)) for i, w in enumerate(["me", "a", "the", "cat"])]
+    cfg = from_dict(RMRunConfig, {"model": {"name_or_path": str(tiny_model_dir)},
+                                  "margin": {"name": "fixed", "fixed": {"value": 0.5}},
+                                  "train": {"output_dir": str(tmp_path), "batch_size": 2, "progress_bar": False}})
+    result = train_reward_model(cfg, pairs, console=lambda s: None)
+    snap = np.load(tmp_path / "margins.npz")
+    assert snap["target"].tolist() == [0.5] * 4 and snap["active"].all()
+    model, tok = load_reward_model(ModelConfig(name_or_path=str(result.model_dir), head_init="keep"))
+    enc = encode_pairs(pairs, tok, TokenizeConfig(), Ledger(), False)
+    c, r = score_encoded(model, enc, tok.pad_token_id, "right")
+    np.testing.assert_allclose(snap["gap"], c - r, atol=1e-5)
+    assert (tmp_path / "target_vs_learned.png").stat().st_size > 1000

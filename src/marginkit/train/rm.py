@@ -37,7 +37,7 @@ from marginkit.train.rm_step import rm_step
 if TYPE_CHECKING:  # annotations only: config.py imports train.engine, whose package imports this module
     from marginkit.config import RMRunConfig
 
-__all__ = ["RMRunResult", "train_reward_model", "make_accelerator", "check_margin_inputs"]
+__all__ = ["RMRunResult", "train_reward_model", "make_accelerator", "check_margin_inputs", "margin_snapshot"]
 
 _NEEDS_FIELD = {"score_gap": ("score_gap", "score_chosen/score_rejected"), "label_margin": ("label_margin", "margin"),
                 "gold_gap": ("gold_gap", "gold_chosen/gold_rejected")}
@@ -163,11 +163,49 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
         save_model(model_dir)
     acc.wait_for_everyone()
     acc.end_training()
+    margin_snapshot(acc.unwrap_model(model), train_set, strategy, PairCollator(tokenizer.pad_token_id,
+                    cfg.data.padding_side), cfg.train.batch_size, engine.step, out, write=acc.is_main_process)
     gaps = None
     if eval_set:
         c, r = score_encoded(acc.unwrap_model(model), eval_set, tokenizer.pad_token_id, cfg.data.padding_side)
         gaps = c - r
     return RMRunResult(out, model_dir, engine.history, ledger, gaps)
+
+
+@torch.no_grad()
+def margin_snapshot(model: Any, train_set: Sequence[EncodedPair], strategy: MarginStrategy, collate: PairCollator,
+                    batch_size: int, step: int, out: Path, max_pairs: int = 2048, write: bool = True) -> Path | None:
+    """Target margins vs learned gaps on (up to `max_pairs`) training pairs with the final model:
+    the strategy is run on batches of the training batch size, as in training, and margins.npz
+    (target, gap, active [B]) and target_vs_learned.png are written to the run folder. Every process
+    runs it (strategies may all-reduce); only `write` writes."""
+    from marginkit.margins import MarginInputs
+    from marginkit.models.reward import score_batch
+    from marginkit.report.plots import plot_target_vs_learned
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    targets, gaps, actives = [], [], []
+    subset = list(train_set[:max_pairs])
+    for i in range(0, len(subset), batch_size):
+        batch = {k: v.to(device) for k, v in collate(subset[i:i + batch_size]).items()}
+        rewards, hidden = score_batch(model, batch["input_ids"], batch["attention_mask"], "embeddings" in strategy.needs)
+        chosen, rejected = rewards.chunk(2)  # [2B] -> [B], [B]
+        gap = chosen - rejected
+        emb_c, emb_r = hidden.chunk(2) if hidden is not None else (None, None)
+        m = strategy(MarginInputs(gap, batch["label_margin"], batch["score_gap"], batch["gold_gap"], step, emb_c, emb_r,
+                                  batch["index"]))
+        targets.append(torch.where(m.active, m.target_margin, 0.0).float().cpu())
+        gaps.append(gap.float().cpu())
+        actives.append(m.active.cpu())
+    model.train(was_training)
+    if not write or not targets:
+        return None
+    target, gap_all, active = (torch.cat(x).numpy() for x in (targets, gaps, actives))
+    np.savez(out / "margins.npz", target=target, gap=gap_all, active=active)
+    return plot_target_vs_learned(target, gap_all, active, out / "target_vs_learned.png",
+                                  title=f"Target margin m vs learned gap Δ ({len(target)} training pairs, final model)")
 
 
 def _step(model: Any, batch: dict[str, torch.Tensor], step: int, strategy: MarginStrategy, center: float):
