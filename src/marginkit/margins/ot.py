@@ -10,7 +10,7 @@ Per micro-batch of B pairs, all detached, in float32 with autocast off:
 
     ê_c,i, ê_r,j   embeddings of the responses, minus the batch mean of all 2B when
                    `center_embeddings` (LM hidden states share one dominant direction, which makes
-                   every cosine ~1: Ethayarajh 2019), then L2-normalised                   [B, D]
+                   every cosine ~1: Ethayarajh 2019; skipped when B = 1), then L2-normalised [B, D]
     S_ij = (1 - <ê_c,i, ê_r,j>) / 2                      semantic distance, in [0, 1]     [B, B]
     R_ij = sigmoid(((Δ_i + Δ_j) / 2) / t)                predicted reward difference, [0, 1]
     C    = (w_s S + w_r R) / (w_s + w_r)                 cost, in [0, 1]                  [B, B]
@@ -146,7 +146,7 @@ def ot_cost(emb_c: torch.Tensor, emb_r: torch.Tensor, reward_gap: torch.Tensor, 
     """The cost C [B, B] in [0, 1] between chosen i (rows) and rejected j (columns); see the module docstring.
 
     emb_c, emb_r: [B, D]; reward_gap: [B] (Δ). Float32 in, float32 out."""
-    if cfg.center_embeddings:
+    if cfg.center_embeddings and emb_c.shape[0] > 1:  # B = 1: the mean is the pair's midpoint, cos would be -1
         mean = torch.cat([emb_c, emb_r]).mean(dim=0, keepdim=True)  # [1, D]
         emb_c, emb_r = emb_c - mean, emb_r - mean
     cos = F.normalize(emb_c, dim=-1) @ F.normalize(emb_r, dim=-1).T  # [B, B]
