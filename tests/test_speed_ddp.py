@@ -1,10 +1,13 @@
 """Packing and prefix sharing stay exact under data parallelism: 2 CPU processes (gloo, torchrun) with
-train.forward=packed or prefix_shared end with the weights of 1 process with the plain padded forward.
+train.forward=packed or prefix_shared end with the weights of 1 process with the plain padded forward, for
+reward models and for DPO (reference in the loop, or precomputed); and the set-ups the engine cannot run
+(FSDP, DeepSpeed ZeRO-3, DeepSpeed with accumulation) are refused at setup.
 
 Each process packs only its own share of the global batch (the engine splits pairs before the step, and
 the layout is rebuilt on the device), so the gradient all-reduce sees the same per-pair terms as one
-process would. This file is also the training script: `python tests/test_speed_ddp.py MODEL OUT N FORWARD`
-(run plainly or under torchrun), as tests/scripts/ddp_train.py is for test_ddp.py, whose launch notes apply.
+process would. This file is also the training script, run plainly or under torchrun:
+`python tests/test_speed_ddp.py MODEL OUT N_PAIRS FORWARD TASK REFERENCE` (TASK rm or dpo; REFERENCE model or
+precomputed), as tests/scripts/ddp_train.py is for test_ddp.py, whose launch notes apply.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from _engine_helpers import load_weights  # noqa: E402
 ADAM_EPS = 1e-3  # why: tests/test_ddp.py (float32 rounding noise in zero-in-exact-arithmetic gradients)
 
 
-def run(model_dir: Path, out: Path, n_pairs: int, forward: str, processes: int) -> Path:
+def run(model_dir: Path, out: Path, n_pairs: int, forward: str, processes: int, task: str = "rm",
+        reference: str = "model") -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone",
                                           f"--nproc_per_node={processes}"]
-    cmd = [sys.executable, *launcher, __file__, str(model_dir), str(out), str(n_pairs), forward]
+    cmd = [sys.executable, *launcher, __file__, str(model_dir), str(out), str(n_pairs), forward, task, reference]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
@@ -62,6 +66,77 @@ def test_two_process_packing_and_prefix_sharing_equal_one_padded(tiny_model_dir,
             torch.testing.assert_close(w_two[name], value, msg=lambda m, n=name, f=forward: f"{f} {n}: {m}")
 
 
+def fake_accelerator(kind: str, zero_stage: int | None = None, clipping: float | None = 1.0, processes: int = 2):
+    """What check_parallel reads of an Accelerator (DeepSpeed is not installed here; no GPU)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    plugin = (SimpleNamespace(zero_stage=zero_stage, deepspeed_config={"gradient_clipping": clipping})
+              if zero_stage is not None else None)
+    return SimpleNamespace(distributed_type=DistributedType[kind], num_processes=processes,
+                           state=SimpleNamespace(deepspeed_plugin=plugin))
+
+
+def test_parallel_refusals_and_deepspeed_micro_batch():
+    from marginkit.train.engine import TrainConfig
+    from marginkit.train.rm import check_parallel
+
+    cfg = TrainConfig(batch_size=8)
+    check_parallel(cfg, fake_accelerator("MULTI_GPU"))  # DDP: accepted
+    with pytest.raises(ValueError, match="FSDP is not supported yet"):
+        check_parallel(cfg, fake_accelerator("FSDP"))
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO-3 is not supported yet"):
+        check_parallel(cfg, fake_accelerator("DEEPSPEED", zero_stage=3))
+    zero2 = fake_accelerator("DEEPSPEED", zero_stage=2)
+    check_parallel(cfg, zero2)
+    assert zero2.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4  # 8 pairs / 2
+    with pytest.raises(ValueError, match="cannot accumulate"):
+        check_parallel(TrainConfig(batch_size=8, gradient_accumulation_steps=2), zero2)
+    with pytest.raises(ValueError, match="clips at None"):
+        check_parallel(cfg, fake_accelerator("DEEPSPEED", zero_stage=2, clipping=None))
+    check_parallel(TrainConfig(batch_size=8, max_grad_norm=None), fake_accelerator("DEEPSPEED", 2, clipping=None))
+    with pytest.raises(ValueError, match="partitioned"):
+        check_parallel(TrainConfig(batch_size=8, save_every=10), zero2)
+
+
+def dpo_config(model_dir: str | Path, output_dir: str | Path, forward: str, reference: str, cache: str | Path):
+    """A DPO run like test_dpo_train.py's (float32, constant lr), 2 micro-batches of 4 pairs a step."""
+    from marginkit.config import DPORunConfig
+    from marginkit.configlib import from_dict
+
+    train = {"log_every": 1, "progress_bar": False, "mixed_precision": "no", "lr_scheduler": "constant",
+             "warmup_ratio": 0.0, "learning_rate": 1e-3, "batch_size": 4, "gradient_accumulation_steps": 2,
+             "max_grad_norm": None, "output_dir": str(output_dir), "forward": forward}
+    return from_dict(DPORunConfig, {"model": {"name_or_path": str(model_dir)}, "train": train,
+                                    "data": {"cache_dir": str(cache), "padding_side": "left"},
+                                    "reference": {"source": reference}})
+
+
+@pytest.mark.slow
+def test_two_process_dpo_packing_prefix_and_precomputed_reference_equal_one_padded(tiny_model_dir, word_tokenizer,
+                                                                                   tmp_path):
+    from _engine_helpers import make_pairs, vocab_words
+    from marginkit.train.dpo import precompute_reference
+
+    n_pairs = 22
+    one = run(tiny_model_dir, tmp_path / "dpo-padded-1", n_pairs, "padded", 1, task="dpo")
+    # the reference artefact, written once by one process where the 2-process runs look for it
+    precompute_reference(dpo_config(tiny_model_dir, tmp_path / "pre", "padded", "precomputed", tmp_path / "cache"),
+                         make_pairs(vocab_words(word_tokenizer), n_pairs), console=lambda _: None)
+    w_one = load_weights(one / "model")
+    for forward, reference in (("packed", "model"), ("prefix_shared", "model"), ("prefix_shared", "precomputed")):
+        two = run(tiny_model_dir, tmp_path / f"dpo-{forward}-{reference}-2", n_pairs, forward, 2, "dpo", reference)
+        rows_one, rows_two = rows(one), rows(two)
+        assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == [1, 2, 3]
+        for key in ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins"):
+            torch.testing.assert_close(torch.tensor([r[key] for r in rows_two]), torch.tensor([r[key] for r in rows_one]),
+                                       msg=lambda m, k=key, f=forward: f"{f} {k}: {m}")
+        w_two = load_weights(two / "model")
+        for name, value in w_one.items():
+            torch.testing.assert_close(w_two[name], value, msg=lambda m, n=name, f=forward: f"{f} {n}: {m}")
+
+
 def main() -> None:
     from accelerate import PartialState
     from transformers import AutoTokenizer
@@ -69,16 +144,22 @@ def main() -> None:
 
     from _engine_helpers import make_pairs, one_torch_thread, run_config, train, vocab_words
 
-    model_dir, output_dir, n_pairs, forward = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    model_dir, output_dir, n_pairs, forward, task, reference = sys.argv[1:7]
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     adamw = torch.optim.AdamW
     torch.optim.AdamW = lambda params, **kwargs: adamw(params, **{**kwargs, "eps": ADAM_EPS})
-    pairs = make_pairs(vocab_words(AutoTokenizer.from_pretrained(model_dir)), n_pairs)
-    cfg = run_config(model_dir, output_dir, batch_size=4, gradient_accumulation_steps=2, padding_side="left",
-                     forward=forward)
+    pairs = make_pairs(vocab_words(AutoTokenizer.from_pretrained(model_dir)), int(n_pairs))
     with one_torch_thread():
-        train(cfg, pairs)
+        if task == "rm":
+            cfg = run_config(model_dir, output_dir, batch_size=4, gradient_accumulation_steps=2, padding_side="left",
+                             forward=forward)
+            train(cfg, pairs)
+        else:
+            from marginkit.train.dpo import train_dpo
+
+            cfg = dpo_config(model_dir, output_dir, forward, reference, Path(output_dir).parent / "cache")
+            train_dpo(cfg, pairs, console=lambda _: None)
     state = PartialState()
     info = {"num_processes": state.num_processes, "backend": state.backend, "forward": cfg.train.forward}
     (Path(output_dir) / f"rank-{state.process_index}.json").write_text(json.dumps(info))

@@ -37,7 +37,7 @@ from marginkit.train.rm_step import rm_step
 if TYPE_CHECKING:  # annotations only: config.py imports train.engine, whose package imports this module
     from marginkit.config import RMRunConfig
 
-__all__ = ["RMRunResult", "train_reward_model", "make_accelerator", "check_margin_inputs", "margin_snapshot"]
+__all__ = ["RMRunResult", "train_reward_model", "make_accelerator", "check_parallel", "check_margin_inputs", "margin_snapshot"]
 
 _NEEDS_FIELD = {"score_gap": ("score_gap", "score_chosen/score_rejected"), "label_margin": ("label_margin", "margin"),
                 "gold_gap": ("gold_gap", "gold_chosen/gold_rejected")}
@@ -64,7 +64,46 @@ def make_accelerator(train_cfg: Any) -> Accelerator:
     if train_cfg.batch_size % acc.num_processes:
         raise ValueError(f"train.batch_size={train_cfg.batch_size} must be divisible by the {acc.num_processes} "
                          "processes (it is the global micro-batch, split between them)")
+    check_parallel(train_cfg, acc)
     return acc
+
+
+def check_parallel(train_cfg: Any, acc: Any) -> None:
+    """Refuse, before any work, the distributed set-ups the engine cannot run correctly (docs/speed.md, feature
+    matrix), and give DeepSpeed the per-process micro-batch (the engine builds its own data loader).
+
+    - FSDP and DeepSpeed ZeRO-3 shard the parameters, but the final model, checkpoints, resume and evaluation
+      read `accelerator.unwrap_model(model)`, which then holds one process's shard.
+    - DeepSpeed steps the optimizer inside every `backward` (the engine accumulates with `no_sync`), clips
+      with its own config, and keeps optimizer states partitioned per process (the engine saves rank 0's).
+    """
+    from accelerate.utils import DistributedType
+
+    kind = acc.distributed_type
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    stage = getattr(plugin, "zero_stage", None) if kind == DistributedType.DEEPSPEED else None
+    if kind == DistributedType.FSDP or stage == 3:
+        what = "FSDP" if kind == DistributedType.FSDP else "DeepSpeed ZeRO-3"
+        raise ValueError(f"{what} is not supported yet: it shards the parameters, and the final model, checkpoints, "
+                         "resume and evaluation read the unwrapped model, which would hold one shard. Use DDP "
+                         "(configs/accelerate/ddp.yaml) or DeepSpeed ZeRO-2 (configs/accelerate/zero2.yaml)")
+    if kind != DistributedType.DEEPSPEED:
+        return
+    if train_cfg.gradient_accumulation_steps != 1:
+        raise ValueError(f"train.gradient_accumulation_steps={train_cfg.gradient_accumulation_steps} under DeepSpeed: "
+                         "DeepSpeed steps the optimizer at every backward, so the engine cannot accumulate. Use 1 and "
+                         "raise train.batch_size, or use DDP")
+    clip = plugin.deepspeed_config.get("gradient_clipping")
+    clip = None if clip in (None, "auto", 0, 0.0) else float(clip)
+    if clip != train_cfg.max_grad_norm:
+        raise ValueError(f"train.max_grad_norm={train_cfg.max_grad_norm} but the DeepSpeed config clips at {clip}: "
+                         "DeepSpeed does the clipping. Set gradient_clipping in the DeepSpeed config to the same value "
+                         "(configs/accelerate/zero2.yaml has 1.0) or train.max_grad_norm=null")
+    if train_cfg.save_every or train_cfg.resume_from:
+        raise ValueError("train.save_every / train.resume_from under DeepSpeed: the optimizer states are partitioned "
+                         "per process and the engine's checkpoint holds rank 0's only, so resume would be wrong. "
+                         "Train without intermediate checkpoints (the final model is saved), or use DDP")
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = train_cfg.batch_size // acc.num_processes
 
 
 def check_margin_inputs(strategy: MarginStrategy, name: str, encoded: Sequence[EncodedPair], pairs: Sequence[Pair],
