@@ -128,6 +128,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 StepFn = Callable[[Any, dict[str, torch.Tensor], int], StepOutput]
 
 
+def _checkpoint_weights(model: Any, folder: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors under the model's own parameter names. An HF model reloads its folder with
+    from_pretrained, which applies the architecture's key conversions (transformers 5 keeps GPT-NeoX's
+    output layer as `lm_head` in memory but writes `embed_out` to disk); other models read every
+    safetensors shard as is."""
+    from safetensors.torch import load_file
+
+    if hasattr(type(model), "from_pretrained") and (folder / "config.json").exists():
+        return type(model).from_pretrained(folder, dtype=next(model.parameters()).dtype).state_dict()
+    weights: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):  # every shard of a sharded save
+        weights.update(load_file(str(shard)))
+    return weights
+
+
 class Engine:
     """Runs a step function over data with an Accelerate-prepared model and optimizer."""
 
@@ -289,13 +304,10 @@ class Engine:
         if path is None:
             raise FileNotFoundError(f"train.resume_from=latest but {self.out}/checkpoints has no checkpoint")
         state = load_trainer_state(path)
-        from safetensors.torch import load_file
-
-        weights: dict[str, torch.Tensor] = {}
-        for shard in sorted((path / "model").glob("*.safetensors")):  # every shard of a sharded save
-            weights.update(load_file(str(shard)))
+        inner = self.acc.unwrap_model(self.model)
+        weights = _checkpoint_weights(inner, path / "model")
         # strict=False only because tied weights are saved once; anything unexpected is an error.
-        result = self.acc.unwrap_model(self.model).load_state_dict(weights, strict=False)
+        result = inner.load_state_dict(weights, strict=False)
         if result.unexpected_keys:
             raise ValueError(f"checkpoint {path} does not match the model: unexpected {result.unexpected_keys[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
