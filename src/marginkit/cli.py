@@ -9,6 +9,11 @@
     marginkit bon --policy world --rm A [--rm B ...] --prompts world:test --n 1,2,4,...,64 --judge world
     marginkit report RUN_DIR [RUN_DIR ...] [--out report.html]
     marginkit config train-rm          (every option with its default and help)
+    marginkit train-sft --config run.yaml [key=value ...]      (SFT on chosen responses)
+    marginkit precompute-ref --config run.yaml [key=value ...] (reference log-probs for train-dpo)
+    marginkit train-dpo --config run.yaml [key=value ...]
+    marginkit eval-dpo --model DIR --data FILE [--reference DIR_OR_FILE] [--out DIR]
+    marginkit world pipeline [--quick] [--out DIR] [dpo key=value ...]  (base -> SFT -> DPO, true reward)
     marginkit models import-gguf --out DIR [--file X.gguf]   (SmolLM2 GGUF -> safetensors folder)
     marginkit eval-sections --model DIR [--builtin all] [--section NAME=PATH[@FORMAT] ...]
 """
@@ -119,11 +124,61 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_dpo(args: argparse.Namespace) -> int:
+    from marginkit.config import DPORunConfig
+    from marginkit.configlib import load_config
+    from marginkit.train.dpo import train_dpo
+
+    result = train_dpo(load_config(DPORunConfig, args.config, args.overrides))
+    print(f"saved policy to {result.model_dir}")
+    return 0
+
+
+def _cmd_precompute_ref(args: argparse.Namespace) -> int:
+    from marginkit.config import DPORunConfig
+    from marginkit.configlib import load_config
+    from marginkit.train.dpo import precompute_reference
+
+    precompute_reference(load_config(DPORunConfig, args.config, args.overrides))
+    return 0
+
+
+def _cmd_train_sft(args: argparse.Namespace) -> int:
+    from marginkit.config import SFTRunConfig
+    from marginkit.configlib import load_config
+    from marginkit.train.sft import train_sft
+
+    result = train_sft(load_config(SFTRunConfig, args.config, args.overrides))
+    print(f"saved SFT policy to {result.model_dir}")
+    return 0
+
+
+def _cmd_eval_dpo(args: argparse.Namespace) -> int:
+    from marginkit.data.load import load_pairs
+    from marginkit.evaluate.dpo_eval import evaluate_dpo_dir, format_dpo_report, write_dpo_report
+
+    pairs, ledger = load_pairs(args.data, format=args.format, on_invalid=args.on_invalid)
+    print(f"data: {ledger.summary()}")
+    report = evaluate_dpo_dir(args.model, pairs, args.reference, args.batch_size)
+    print(format_dpo_report(report))
+    out = Path(args.out) if args.out else Path(args.model) / "eval"
+    print(f"wrote {write_dpo_report(report, out, Path(args.data).stem.split('.')[0])}")
+    return 0
+
+
+def _cmd_world_pipeline(args: argparse.Namespace) -> int:
+    from marginkit.world_pipeline import WorldPipelineConfig, run_world_pipeline
+
+    size = "quick" if args.quick else args.size
+    run_world_pipeline(WorldPipelineConfig(out=args.out, size=size, seed=args.seed, dpo_overrides=args.overrides))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
-    from marginkit.config import RMRunConfig
+    from marginkit.config import DPORunConfig, RMRunConfig, SFTRunConfig
     from marginkit.configlib import describe, describe_markdown
 
-    cls = {"train-rm": RMRunConfig}[args.command_name]
+    cls = {"train-rm": RMRunConfig, "train-dpo": DPORunConfig, "train-sft": SFTRunConfig}[args.command_name]
     if args.markdown:
         print(describe_markdown(cls, f"marginkit {args.command_name}"), end="")
         return 0
@@ -238,6 +293,35 @@ def build_parser() -> argparse.ArgumentParser:
     wm.add_argument("--out", required=True)
     wm.add_argument("overrides", nargs="*", help="WorldConfig key=value, e.g. seed=1 noise=0.5")
     wm.set_defaults(func=_cmd_world_make)
+    wp = w.add_parser("pipeline", help="Base policy -> SFT -> DPO of a tiny LM, scored by the true reward of samples.")
+    wp.add_argument("--quick", action="store_true", help="Same as --size quick (about a minute on 2 CPU cores).")
+    wp.add_argument("--size", default="quick", choices=["quick", "full", "tiny"], help="World and model size.")
+    wp.add_argument("--out", default="runs/world_pipeline", help="Run folder.")
+    wp.add_argument("--seed", type=int, default=0)
+    wp.add_argument("overrides", nargs="*", help="DPO stage key=value overrides, e.g. train.batch_size=1 loss.name=ipo")
+    wp.set_defaults(func=_cmd_world_pipeline)
+
+    for name, func, text in (
+            ("train-dpo", _cmd_train_dpo, "Train a policy with a DPO-family loss (docs/dpo.md)."),
+            ("precompute-ref", _cmd_precompute_ref, "Write the reference log-probs train-dpo reads with "
+                                                    "reference.source=precomputed (same config as train-dpo)."),
+            ("train-sft", _cmd_train_sft, "Supervised fine-tuning on the chosen responses of pairs.")):
+        tp = sub.add_parser(name, help=text, description=f"{text} Options: `marginkit config "
+                            f"{'train-dpo' if name == 'precompute-ref' else name}` lists every key.")
+        tp.add_argument("--config", help="YAML file with sections model/reference/data/loss/margin/train.")
+        tp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.name=ipo train.learning_rate=5e-7")
+        tp.set_defaults(func=func)
+
+    ed = sub.add_parser("eval-dpo", help="Score pairs with a DPO policy's implicit reward, as training logs it.")
+    ed.add_argument("--model", required=True, help="Folder of a policy trained by train-dpo.")
+    ed.add_argument("--data", required=True, help="Pairs file (JSONL/JSON/Parquet/HF dataset folder).")
+    ed.add_argument("--reference", default=None, help="Reference model folder or precomputed artefact (default: the "
+                                                       "one training used).")
+    ed.add_argument("--format", default="auto", help="Input format (see docs/data.md).")
+    ed.add_argument("--on-invalid", default="error", choices=["error", "skip"], help="Unusable pairs: error or skip.")
+    ed.add_argument("--out", help="Output folder (default: MODEL/eval).")
+    ed.add_argument("--batch-size", type=int, default=16, help="Pairs per forward.")
+    ed.set_defaults(func=_cmd_eval_dpo)
 
     m = sub.add_parser("demo", help="Train BT, fixed, label and oracle margin RMs on the gold world and compare.")
     m.add_argument("--quick", action="store_true", help="Smaller world and model (under 30 s on 2 cores).")
@@ -295,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_real_data_commands(sub)
 
     c = sub.add_parser("config", help="List every option of a command with its default and help.")
-    c.add_argument("command_name", choices=["train-rm"])
+    c.add_argument("command_name", choices=["train-rm", "train-dpo", "train-sft"])
     c.add_argument("--markdown", action="store_true", help="Print the reference table of docs/config.md.")
     c.set_defaults(func=_cmd_config)
     return p
@@ -308,10 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from marginkit.data.schema import DataError
     from marginkit.diagnostics.monitor import MonitorStopError
     from marginkit.diagnostics.preflight import PreflightError
+    from marginkit.train.ref_cache import RefCacheError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, PreflightError) as e:
+    except (ConfigError, DataError, PreflightError, RefCacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except MonitorStopError as e:  # the monitor stopped training on purpose: its message says why and what to do

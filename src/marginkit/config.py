@@ -8,11 +8,16 @@ from pathlib import Path
 from typing import Literal
 
 from marginkit.data.tokenize import TokenizeConfig
+from marginkit.losses.dpo import DPOLossSpec, build_dpo_loss
 from marginkit.margins.registry import MarginSpec
+from marginkit.models.policy import PolicyConfig
 from marginkit.models.reward import ModelConfig
+from marginkit.train.dpo import DPOTrainConfig
 from marginkit.train.engine import TrainConfig
+from marginkit.train.ref_cache import ReferenceConfig
+from marginkit.train.sft import SFTLossConfig, SFTTrainConfig
 
-__all__ = ["DataConfig", "RMLossConfig", "RMRunConfig"]
+__all__ = ["DataConfig", "RMLossConfig", "RMRunConfig", "DPORunConfig", "SFTRunConfig"]
 
 
 @dataclass
@@ -53,3 +58,53 @@ class RMRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     preflight: Literal["error", "warn", "off"] = field(
         default="error", metadata={"help": "Reward-token pre-flight check on the first batches: error, warn or off."})
+
+
+@dataclass
+class DPORunConfig:
+    """Everything `marginkit train-dpo` and `marginkit precompute-ref` need."""
+
+    model: PolicyConfig = field(default_factory=PolicyConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: DPOLossSpec = field(default_factory=DPOLossSpec)
+    margin: MarginSpec = field(default_factory=MarginSpec, metadata={
+        "help": "Per-pair offsets for loss.name=odpo (any margin strategy); must stay none for other losses."})
+    train: DPOTrainConfig = field(default_factory=DPOTrainConfig)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Cross-section rules: the reference source fits the loss, and a margin strategy is set exactly for ODPO."""
+        loss = build_dpo_loss(self.loss)
+        src = self.reference.source
+        if src in ("model", "precomputed") and not loss.needs_reference:
+            raise ValueError(f"reference.source={src}: loss.name={self.loss.name} is reference-free; use "
+                             "reference.source=auto or none")
+        if src == "none" and loss.needs_reference:
+            raise ValueError(f"reference.source=none: loss.name={self.loss.name} needs a reference; use auto, "
+                             "model or precomputed (or loss.name=simpo)")
+        if loss.uses_offset and self.margin.name == "none":
+            raise ValueError(f"loss.name={self.loss.name} takes its per-pair offsets from a margin strategy: set "
+                             "margin.name (label, oracle, fixed, ...)")
+        if not loss.uses_offset and self.margin.name != "none":
+            raise ValueError(f"margin.name={self.margin.name} only applies with loss.name=odpo (the per-pair "
+                             f"offset); loss.name={self.loss.name} would ignore it")
+
+    @property
+    def reference_source(self) -> str:
+        """The resolved reference source: auto becomes model, or none for reference-free losses."""
+        if self.reference.source != "auto":
+            return self.reference.source
+        return "model" if build_dpo_loss(self.loss).needs_reference else "none"
+
+
+@dataclass
+class SFTRunConfig:
+    """Everything `marginkit train-sft` needs."""
+
+    model: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: SFTLossConfig = field(default_factory=SFTLossConfig)
+    train: SFTTrainConfig = field(default_factory=SFTTrainConfig)

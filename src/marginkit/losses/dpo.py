@@ -237,6 +237,11 @@ class DPOLoss(Protocol):
 
     def rewards(self, x: PreferenceLogps) -> tuple[Tensor, Tensor]: ...
 
+    def loss_at_zero_gap(self, like: Tensor, offset: Tensor | None = None) -> Tensor | None:
+        """[B] (shape and device of `like`) the loss when policy = reference (h = 0): what a first
+        step must log; None for reference-free losses, whose starting value depends on the model."""
+        ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -336,6 +341,12 @@ class BoundLoss:
 
     def __call__(self, x: PreferenceLogps, offset: Tensor | None = None) -> PairLoss:
         return self.fn(x, offset)
+
+    def loss_at_zero_gap(self, like: Tensor, offset: Tensor | None = None) -> Tensor | None:
+        if not self.needs_reference:
+            return None
+        zero, one = torch.zeros_like(like, dtype=torch.float32), torch.ones_like(like, dtype=torch.float32)
+        return self.fn(PreferenceLogps(zero, zero, zero, zero, one, one), offset).losses.detach()
 
     def rewards(self, x: PreferenceLogps) -> tuple[Tensor, Tensor]:
         zero = torch.zeros_like(x.policy_chosen, dtype=torch.float32).detach() if self.uses_offset else None
@@ -467,6 +478,9 @@ class BetaDPO:
 
     def rewards(self, x: PreferenceLogps) -> tuple[Tensor, Tensor]:
         return _implicit_rewards(*x.summed(), self.beta)
+
+    def loss_at_zero_gap(self, like: Tensor, offset: Tensor | None = None) -> Tensor | None:
+        return torch.full_like(like, math.log(2.0), dtype=torch.float32)  # -log σ(β 0) for any β
 
     @torch.no_grad()
     def _update(self, h: Tensor) -> None:

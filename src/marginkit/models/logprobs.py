@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["SequenceLogps", "naive_token_logps", "token_logps", "sequence_logps", "position_ids_from_mask",
-           "forward_logps"]
+           "forward_logps", "batch_logps"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,14 @@ def forward_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     kwargs = {"position_ids": position_ids_from_mask(attention_mask)} if _accepts_position_ids(model) else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits  # [N, T, V]
     return sequence_logps(logits, input_ids, response_mask, chunk_size)
+
+
+def batch_logps(model: nn.Module, batch: dict[str, torch.Tensor], chunk_size: int | None = None) -> SequenceLogps:
+    """Response log-probs [2B] of a collated pair batch, by the forward its collator chose: padded rows
+    here; packed or prefix-shared rows (a batch["layout"] from data/collate.py's LayoutPairCollator)
+    through models/packing.py, which gives the same numbers."""
+    if "layout" in batch:
+        from marginkit.models.packing import pair_sequence_logps
+
+        return pair_sequence_logps(model, batch, chunk_size)
+    return forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], chunk_size)

@@ -1,0 +1,290 @@
+"""train_dpo end to end on a tiny GPT-NeoX (float32, CPU): ln 2 at the first step, the precomputed reference
+equals the in-loop one, hashes guard the cache, checkpoints are plain HF causal LMs, resume is exact, every
+loss trains, eval-dpo scores as training logs, docs/dpo.md names what is logged, and the CLI runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from _engine_helpers import load_weights, make_pairs, one_torch_thread, vocab_words
+from marginkit.config import DPORunConfig
+from marginkit.configlib import ConfigError, from_dict
+from marginkit.data.collate import collate_pairs
+from marginkit.data.ledger import Ledger
+from marginkit.data.schema import Pair
+from marginkit.data.tokenize import TokenizeConfig, encode_pairs
+from marginkit.evaluate.dpo_eval import evaluate_dpo_dir
+from marginkit.models.logprobs import forward_logps
+from marginkit.models.tiny import make_tiny_model_dir
+from marginkit.train.checkpoint import load_trainer_state
+from marginkit.train.dpo import precompute_reference, train_dpo
+from marginkit.train.ref_cache import RefCacheError, read_ref_logps
+
+ROOT = Path(__file__).resolve().parents[1]
+LN2 = math.log(2.0)
+QUIET = {"log_every": 1, "progress_bar": False, "mixed_precision": "no", "lr_scheduler": "constant",
+         "warmup_ratio": 0.0, "learning_rate": 1e-3, "batch_size": 4, "max_grad_norm": None}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def pairs(word_tokenizer) -> list[Pair]:
+    return make_pairs(vocab_words(word_tokenizer), 16)
+
+
+@pytest.fixture(scope="module")
+def eval_pairs(word_tokenizer) -> list[Pair]:
+    return make_pairs(vocab_words(word_tokenizer), 6, seed=1)
+
+
+def config(model_dir, out, cache=None, **sections) -> DPORunConfig:
+    train = {**QUIET, "output_dir": str(out), **sections.pop("train", {})}
+    data = {"cache_dir": str(cache or Path(out) / "cache"), **sections.pop("data", {})}
+    return from_dict(DPORunConfig, {"model": {"name_or_path": str(model_dir)}, "train": train, "data": data, **sections})
+
+
+def run(cfg, pairs, eval_pairs=None):
+    return train_dpo(cfg, pairs, eval_pairs, console=lambda _: None)
+
+
+def steps(history):
+    return [r for r in history if "loss" in r]
+
+
+def test_first_step_is_ln2_with_policy_equal_to_reference(tiny_model_dir, pairs, tmp_path):
+    result = run(config(tiny_model_dir, tmp_path, train={"max_steps": 2}), pairs)
+    first = steps(result.history)[0]
+    # policy = reference: every log-ratio is 0, so -log σ(β 0) = ln 2 and every reward, margin and gap is 0
+    assert first["loss"] == pytest.approx(LN2, abs=1e-6)
+    assert first["diagnostics/loss_at_zero_gap"] == pytest.approx(LN2, abs=1e-6)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "logratios/gap_raw", "kl/implicit"):
+        assert first[key] == 0.0, key
+    assert first["logps/chosen"] < 0 and first["logps/rejected"] < 0
+    assert steps(result.history)[1]["loss"] != first["loss"]  # the first update moved the policy
+
+
+def test_precomputed_reference_gives_the_same_losses(tiny_model_dir, pairs, eval_pairs, tmp_path):
+    cache = tmp_path / "cache"
+    in_loop = run(config(tiny_model_dir, tmp_path / "a", cache, train={"max_steps": 4}), pairs, eval_pairs)
+    cfg = config(tiny_model_dir, tmp_path / "b", cache, train={"max_steps": 4}, reference={"source": "precomputed"})
+    written = precompute_reference(cfg, pairs, eval_pairs, console=lambda _: None)
+    assert sorted(written) == ["eval", "train"] and all(p.parent == cache / "ref_logps" for p in written.values())
+    cached = run(cfg, pairs, eval_pairs)
+    a, b = steps(in_loop.history), steps(cached.history)
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b):
+        for key in ("loss", "rewards/chosen", "rewards/rejected", "logratios/gap_raw", "kl/implicit", "grad_norm"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), key  # same numbers, other batch shapes
+    assert cached.eval["eval_loss"] == pytest.approx(in_loop.eval["eval_loss"], rel=1e-5)
+    for name, value in load_weights(in_loop.model_dir).items():
+        torch.testing.assert_close(load_weights(cached.model_dir)[name], value, rtol=1e-4, atol=1e-5)
+    assert json.loads((cached.model_dir / "marginkit_policy.json").read_text())["reference"]["source"] == "precomputed"
+
+
+def test_precomputed_reference_refuses_other_data_or_model(tiny_model_dir, word_tokenizer, pairs, tmp_path):
+    cache = tmp_path / "cache"
+    cfg = config(tiny_model_dir, tmp_path / "a", cache, reference={"source": "precomputed"})
+    with pytest.raises(RefCacheError, match="no such file.*precompute-ref"):
+        run(cfg, pairs)  # nothing precomputed yet
+    path = precompute_reference(cfg, pairs, console=lambda _: None)["train"]
+    assert read_ref_logps(path).metadata["n_pairs"] == "16"
+
+    other_pairs = make_pairs(vocab_words(word_tokenizer), 16, seed=7)
+    named = config(tiny_model_dir, tmp_path / "b", cache, reference={"source": "precomputed", "cache": str(path)})
+    with pytest.raises(RefCacheError, match="data hash .* the data, tokenizer, template or truncation changed"):
+        run(named, other_pairs)
+
+    other_model = make_tiny_model_dir(tmp_path / "other", word_tokenizer, hidden_size=32, seed=1)
+    with pytest.raises(RefCacheError, match=r"model hash [0-9a-f]{16} != [0-9a-f]{16}"):
+        run(config(other_model, tmp_path / "c", cache, reference={"source": "precomputed", "cache": str(path)}), pairs)
+
+
+def test_checkpoint_is_a_plain_causal_lm_that_scores_like_the_trained_policy(tiny_model_dir, pairs, tmp_path):
+    result = run(config(tiny_model_dir, tmp_path, train={"max_steps": 3, "save_every": 3}), pairs)
+    checkpoint = tmp_path / "checkpoints" / "step-000003" / "model"
+    for folder in (result.model_dir, checkpoint):
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        encoded = encode_pairs(pairs[:4], tokenizer, TokenizeConfig(), Ledger())
+        b = collate_pairs(encoded, tokenizer.pad_token_id)
+        with torch.no_grad():
+            got = forward_logps(model, b["input_ids"], b["attention_mask"], b["response_mask"]).sum
+            base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+            start = forward_logps(base, b["input_ids"], b["attention_mask"], b["response_mask"]).sum
+        assert (got - start).abs().max() > 1e-3  # the saved weights are the trained ones, not the start
+    torch.testing.assert_close(load_weights(checkpoint), load_weights(result.model_dir), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def dropout_model_dir(tmp_path_factory, word_tokenizer):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "neox-dropout", word_tokenizer, hidden_size=32,
+                               dropout=0.1)
+
+
+def test_resume_equals_uninterrupted_run(dropout_model_dir, pairs, tmp_path):
+    # β-DPO with filtering (a running state and a private generator), dropout on (the global RNG), cosine
+    # schedule with warm-up, 2 x 2 pairs per step over 2 epochs: everything resume must restore.
+    def cfg(out, **train):
+        return config(dropout_model_dir, out, model={"name_or_path": str(dropout_model_dir), "disable_dropout": False},
+                      loss={"name": "beta_dpo", "beta_dpo": {"filter_fraction": 0.5}},
+                      train={"batch_size": 2, "gradient_accumulation_steps": 2, "num_epochs": 2, "max_steps": 6,
+                             "lr_scheduler": "cosine", "warmup_ratio": 0.2, "save_total_limit": 0, **train})
+
+    full = run(cfg(tmp_path / "A", save_every=3), pairs)
+    checkpoint = tmp_path / "A" / "checkpoints" / "step-000003"
+    assert load_trainer_state(checkpoint)["stateful"]["loss"]["reference_margin"] is not None
+    shutil.copytree(checkpoint, tmp_path / "B" / "checkpoints" / checkpoint.name)
+    resumed = run(cfg(tmp_path / "B", resume_from="latest"), pairs)
+    rows_full = {r["step"]: r for r in steps(full.history)}
+    rows_resumed = {r["step"]: r for r in steps(resumed.history)}
+    assert sorted(rows_resumed) == [4, 5, 6]
+    for step, row in rows_resumed.items():
+        for key in ("loss", "grad_norm", "learning_rate", "beta/effective", "beta/selected_fraction", "epoch"):
+            assert row[key] == rows_full[step][key], (step, key)
+    for name, value in load_weights(full.model_dir).items():
+        torch.testing.assert_close(load_weights(resumed.model_dir)[name], value, rtol=0, atol=0)
+
+
+LOSS_SECTIONS = {
+    "sigmoid": {}, "ipo": {}, "hinge": {}, "cdpo": {}, "robust": {}, "beta_dpo": {},
+    "simpo": {},
+    "odpo": {"margin": {"name": "label", "label": {"source": "score_gap", "scale": 0.5}}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_SECTIONS))
+def test_every_loss_trains_and_logs(tiny_model_dir, word_tokenizer, tmp_path, name):
+    graded = [Pair(p.prompt, p.chosen, p.rejected, score_chosen=3, score_rejected=1, id=p.id)
+              for p in make_pairs(vocab_words(word_tokenizer), 8)]
+    result = run(config(tiny_model_dir, tmp_path, loss={"name": name, "nll_weight": 0.5}, train={"max_steps": 2},
+                        **LOSS_SECTIONS[name]), graded)
+    first, last = steps(result.history)
+    assert math.isfinite(last["loss"]) and last["grad_norm"] > 0
+    if name == "simpo":  # reference-free: no reference log-probs, no KL, no known starting value
+        assert "kl/implicit" not in first and "diagnostics/loss_at_zero_gap" not in first
+    else:
+        # h = 0 at the start: the loss is its zero-gap value plus 0.5 * NLL of the chosen tokens
+        assert first["loss"] == pytest.approx(first["diagnostics/loss_at_zero_gap"], rel=1e-5)
+    if name == "odpo":  # Δ = 0.5 * (3 - 1) = 1 for every pair: zero-gap loss softplus(1) + 0.5 NLL
+        assert first["target_margins/mean"] == pytest.approx(1.0)
+        assert first["diagnostics/loss_at_zero_gap"] == pytest.approx(math.log1p(math.e) + 0.5 * first["nll/chosen"],
+                                                                      rel=1e-5)
+    if name == "beta_dpo":
+        assert first["beta/effective"] == pytest.approx(0.1)  # the first batch sets M_0 to its own mean
+
+
+def test_config_rules(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="reference.source=model: loss.name=simpo is reference-free"):
+        config(tiny_model_dir, tmp_path, loss={"name": "simpo"}, reference={"source": "model"})
+    with pytest.raises(ConfigError, match="margin.name=label only applies with loss.name=odpo"):
+        config(tiny_model_dir, tmp_path, margin={"name": "label"})
+    with pytest.raises(ConfigError, match="needs a reference"):
+        config(tiny_model_dir, tmp_path, reference={"source": "none"})
+    assert config(tiny_model_dir, tmp_path, loss={"name": "simpo"}).reference_source == "none"
+
+
+def test_eval_dpo_scores_exactly_as_training_logs(tiny_model_dir, pairs, eval_pairs, tmp_path):
+    result = run(config(tiny_model_dir, tmp_path, train={"max_steps": 3}), pairs, eval_pairs)
+    report = evaluate_dpo_dir(result.model_dir, eval_pairs, progress=False)
+    for key, value in report.metrics.items():
+        assert value == pytest.approx(result.eval["eval_" + key], rel=1e-6, abs=1e-7), key
+    assert report.n_pairs == 6 and report.loss_name == "sigmoid" and report.beta == pytest.approx(0.1)
+    assert report.accuracy.low <= report.accuracy.value <= report.accuracy.high
+
+
+def documented(table: str) -> set[str]:
+    return set(re.findall(r"^\| `([^`]+)` \|", table, flags=re.M))
+
+
+def test_docs_name_exactly_the_logged_metrics(tiny_model_dir, word_tokenizer, tmp_path):
+    gold = [Pair(p.prompt, p.chosen, p.rejected, score_chosen=3, score_rejected=1, gold_chosen=1.0,
+                 gold_rejected=0.0, id=p.id) for p in make_pairs(vocab_words(word_tokenizer), 8)]
+    logged: set[str] = set()
+    for i, sections in enumerate([{"loss": {"name": "odpo", "nll_weight": 0.1}, "margin": {"name": "label"}},
+                                  {"loss": {"name": "beta_dpo"}}]):
+        out = tmp_path / str(i)
+        run(config(tiny_model_dir, out, train={"max_steps": 1}, **sections), gold, gold[:4])
+        for line in (out / "metrics.jsonl").read_text().splitlines():
+            logged |= set(json.loads(line)) - {"step", "epoch"}
+    dpo_doc = documented((ROOT / "docs" / "dpo.md").read_text())
+    engine_doc = documented((ROOT / "docs" / "metrics.md").read_text())
+    sft_names = {"nll/token", "eval_nll/token"}  # the SFT table of docs/dpo.md
+    assert logged - engine_doc <= dpo_doc  # every DPO metric is documented
+    assert dpo_doc - sft_names <= logged  # and every documented DPO metric is logged
+
+
+def test_cli_precompute_train_eval(tiny_model_dir, pairs, eval_pairs, tmp_path, capsys):
+    from marginkit.cli import main
+
+    for split, rows in (("train", pairs), ("eval", eval_pairs)):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(p.to_record()) + "\n" for p in rows))
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(f"model: {{name_or_path: {tiny_model_dir}}}\n"
+                        f"data: {{train: {tmp_path / 'train.jsonl'}, eval: {tmp_path / 'eval.jsonl'}, "
+                        f"cache_dir: {tmp_path / 'cache'}}}\n"
+                        "reference: {source: precomputed}\n"
+                        "train: {batch_size: 4, learning_rate: 1e-3, progress_bar: false, log_every: 1}\n")
+    out = tmp_path / "run"
+    assert main(["train-dpo", "--config", str(run_yaml), f"train.output_dir={out}"]) == 2  # not precomputed yet
+    assert "precompute-ref" in capsys.readouterr().err
+    assert main(["precompute-ref", "--config", str(run_yaml), f"train.output_dir={out}"]) == 0
+    assert main(["train-dpo", "--config", str(run_yaml), f"train.output_dir={out}", "train.max_steps=2"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2] and "eval_rewards/accuracies" in rows[-1]
+    capsys.readouterr()
+    ref = next((tmp_path / "cache" / "ref_logps").glob("*.safetensors"))
+    assert main(["eval-dpo", "--model", str(out / "model"), "--data", str(tmp_path / "eval.jsonl"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy (labels)" in printed and "beta 0.1" in printed
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["n_pairs"] == 6 and report["metrics"]["rewards/margins"] == pytest.approx(rows[-1]["eval_rewards/margins"])
+    assert ref.exists()
+
+
+def test_world_pipeline_at_tiny_size(tmp_path):
+    from marginkit.world_pipeline import WorldPipelineConfig, run_world_pipeline
+
+    result = run_world_pipeline(WorldPipelineConfig(out=str(tmp_path), size="tiny", seed=0), console=lambda _: None)
+    assert [s.name for s in result.scores] == ["base policy (world sampler)", "sft", "dpo"]
+    base, sft, dpo = result.scores
+    assert base.kl_to_sft is None and sft.kl_to_sft == 0.0  # the SFT model against itself: identical log-probs
+    assert all(s.n_samples == 8 * 2 for s in result.scores) and all(math.isfinite(s.true_reward) for s in result.scores)
+    assert dpo.true_reward_low <= dpo.true_reward <= dpo.true_reward_high
+    assert 0.0 <= result.dpo_pairs["accuracy"] <= 1.0 and "accuracy_true" in result.dpo_pairs
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["scores"]) == 3 and (tmp_path / "samples_dpo.jsonl").exists()
+    assert AutoModelForCausalLM.from_pretrained(result.dpo_dir) is not None
+
+
+def test_sampled_rows_are_the_exact_tokens(tiny_model_dir, word_tokenizer):
+    from marginkit.world_pipeline import sample_responses, sequence_logps_of
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompts = ["please help me choose", "the question is about cats"]
+    texts, rows = sample_responses(model, word_tokenizer, prompts, n=3, seed=5, max_new_tokens=6)
+    again, rows2 = sample_responses(model, word_tokenizer, prompts, n=3, seed=5, max_new_tokens=6)
+    assert texts == again and [r.chosen_ids for r in rows] == [r.chosen_ids for r in rows2]  # seeded
+    eos = word_tokenizer.eos_token_id
+    for i, row in enumerate(rows):
+        prompt = [word_tokenizer.bos_token_id] + word_tokenizer(prompts[i // 3], add_special_tokens=False)["input_ids"]
+        assert row.chosen_ids[:row.prompt_len] == prompt  # the prompt exactly as training tokenises it
+        response = row.chosen_ids[row.prompt_len:]
+        assert response[-1] == eos or len(response) == 6  # ends at EOS or at the length cap
+        assert eos not in response[:-1]
+        assert word_tokenizer.decode([t for t in response if t != eos], skip_special_tokens=True).strip() == texts[i]
+    assert sequence_logps_of(model, rows, word_tokenizer.pad_token_id).shape == (6,)
