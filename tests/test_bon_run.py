@@ -180,3 +180,33 @@ def test_combine_runs_by_hand():
     assert "mean over 2 runs" in format_tables(d) and "2/2" in format_tables(d)
     with pytest.raises(ValueError, match="differ"):
         combine_runs([runs[0], best_of_n_sweep({"bt": base}, judge, [1, 2], n_boot=20).to_dict()])
+
+
+def test_docs_name_real_flags_and_code():
+    """docs/bon.md: every `--flag` in its options table is a flag of `marginkit bon`, and every dotted
+    marginkit name it gives resolves."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    from marginkit.cli import build_parser
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "bon.md").read_text()
+    sub = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "bon")[1]
+    flags = {s for a in sub._actions for s in a.option_strings}
+    table = doc.split("## Options", 1)[1].split("##", 1)[0]
+    named = set(re.findall(r"`(--[a-z-]+)`", table))
+    assert named and named <= flags, named - flags
+    assert flags - {"-h", "--help"} <= named, (flags - named)  # every flag is documented
+    for dotted in set(re.findall(r"`(marginkit(?:\.[a-z_]+)+)`", doc)):
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):  # longest importable module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+            break
+        else:
+            raise AssertionError(dotted)

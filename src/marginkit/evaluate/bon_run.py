@@ -42,6 +42,7 @@ from marginkit.evaluate.sampling import (
     read_prompts,
     sample_hf,
     sample_world,
+    samples_key,
 )
 
 __all__ = ["BonConfig", "RMSpec", "parse_rm_spec", "resolve_prompts", "get_samples", "score_samples", "rm_scores",
@@ -150,8 +151,7 @@ def get_samples(cfg: BonConfig, prompts: list[Prompt], world: Any | None, say: C
     else:
         desc = {"kind": "hf", "path": str(cfg.policy), "fingerprint": _maybe_fingerprint(cfg.policy),
                 "sampling": asdict(cfg.sampling)}
-    empty = SampleSet(prompts, [[""] * cfg.k], cfg.seed, desc)  # n = K, for the key
-    path = cfg.cache / "samples" / f"{empty.key}.json"
+    path = cfg.cache / "samples" / f"{samples_key(desc, prompts, cfg.k, cfg.seed)}.json"
     if path.exists():
         say(f"samples: reusing {path}")
         return SampleSet.load(path)

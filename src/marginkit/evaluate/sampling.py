@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from marginkit.configlib import ConfigError
 from marginkit.data.schema import Message, prompt_text
 
-__all__ = ["SamplingConfig", "SampleSet", "sample_world", "sample_hf", "load_policy_lm", "read_prompts",
+__all__ = ["SamplingConfig", "SampleSet", "samples_key", "sample_world", "sample_hf", "load_policy_lm", "read_prompts",
            "fingerprint_dir"]
 
 Prompt = str | tuple[Message, ...]
@@ -68,6 +68,14 @@ def _jsonable_prompt(p: Prompt) -> str | list[Message]:
     return p if isinstance(p, str) else [dict(m) for m in p]
 
 
+def samples_key(policy: dict[str, Any], prompts: Sequence[Prompt], n: int, seed: int) -> str:
+    """sha256 (16 hex) of everything that determines a sample set: the policy and its settings, the
+    prompts, n and the seed. Known before sampling, so a cached set is found without drawing."""
+    blob = json.dumps({"policy": policy, "prompts": [_jsonable_prompt(p) for p in prompts], "n": n, "seed": seed},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 @dataclass
 class SampleSet:
     """samples[p][k]: response k to prompts[p]; [P][K]. `policy` describes who sampled (for the key)."""
@@ -83,10 +91,8 @@ class SampleSet:
 
     @property
     def key(self) -> str:
-        """sha256 (16 hex) of everything that determines the samples: policy, settings, prompts, n, seed."""
-        blob = json.dumps({"policy": self.policy, "prompts": [_jsonable_prompt(p) for p in self.prompts],
-                           "n": self.n, "seed": self.seed}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """`samples_key` of this set: names its cache file."""
+        return samples_key(self.policy, self.prompts, self.n, self.seed)
 
     def save(self, path: str | Path) -> Path:
         """Write JSON (to a temporary name, then renamed)."""
