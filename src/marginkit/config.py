@@ -71,6 +71,8 @@ class DPORunConfig:
     margin: MarginSpec = field(default_factory=MarginSpec, metadata={
         "help": "Per-pair offsets for loss.name=odpo (any margin strategy); must stay none for other losses."})
     train: DPOTrainConfig = field(default_factory=DPOTrainConfig)
+    mask_audit: Literal["error", "warn", "off"] = field(default="error", metadata={
+        "help": "Loss-mask audit of the first pairs before training (docs/monitor.md): error, warn or off."})
 
     def __post_init__(self) -> None:
         self.check()
@@ -108,3 +110,5 @@ class SFTRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     loss: SFTLossConfig = field(default_factory=SFTLossConfig)
     train: SFTTrainConfig = field(default_factory=SFTTrainConfig)
+    mask_audit: Literal["error", "warn", "off"] = field(default="error", metadata={
+        "help": "Loss-mask audit of the first pairs before training (docs/monitor.md): error, warn or off."})

@@ -53,7 +53,14 @@ from marginkit.train.ref_cache import (
     write_ref_logps,
 )
 from marginkit.train.rm import check_margin_inputs, make_accelerator
-from marginkit.train.sft import flat_config, load_encoded, make_optimizer, policy_settings, start_run
+from marginkit.train.sft import (
+    audit_masks,
+    flat_config,
+    load_encoded,
+    make_optimizer,
+    policy_settings,
+    start_run,
+)
 
 if TYPE_CHECKING:  # annotations only: config.py imports this module
     from marginkit.config import DPORunConfig
@@ -156,6 +163,7 @@ def train_dpo(cfg: DPORunConfig, train_pairs: list[Pair] | None = None, eval_pai
     pad = tokenizer.pad_token_id
     collate = (PairCollator(pad, cfg.data.padding_side) if cfg.train.forward == "padded" else
                LayoutPairCollator(pad, cfg.train.forward, cfg.data.padding_side))
+    audit_masks(train_set, PairCollator(pad, cfg.data.padding_side), tokenizer, cfg.mask_audit, say)
 
     optimizer, scheduler, total = make_optimizer(policy, cfg.train, len(train_set))
     policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)

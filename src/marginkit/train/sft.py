@@ -29,7 +29,7 @@ from marginkit.data.collate import collate_pairs
 from marginkit.data.ledger import Ledger
 from marginkit.data.schema import Pair
 from marginkit.data.tokenize import EncodedPair, encode_pairs
-from marginkit.models.logprobs import forward_logps
+from marginkit.models.logprobs import forward_logps, sequence_logps
 from marginkit.models.packing import compile_blocks, select_attention
 from marginkit.models.policy import load_policy, save_policy
 from marginkit.train.engine import Engine, TrainConfig
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # annotations only: config.py imports this module
     from marginkit.config import DataConfig, SFTRunConfig
 
 __all__ = ["SFTLossConfig", "SFTTrainConfig", "SFTRunResult", "ChosenCollator", "sft_step", "train_sft",
-           "start_run", "load_encoded", "make_optimizer", "flat_config", "policy_settings"]
+           "start_run", "load_encoded", "make_optimizer", "flat_config", "policy_settings", "audit_masks"]
 
 
 @dataclass
@@ -159,6 +159,30 @@ def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def audit_masks(train_set: list[EncodedPair], collate: Callable, tokenizer: Any, mode: str,
+                say: Callable[[str], None], n_pairs: int = 8) -> None:
+    """Before training, decode the first pairs' batch and check that the loss mask the log-prob code really
+    applies (found by its gradient, diagnostics/mask_audit.py) covers exactly the response tokens, shifted
+    by one. mode: error (raise MaskAuditError), warn (print it), off."""
+    if mode == "off":
+        return
+    from marginkit.diagnostics.mask_audit import MaskAuditError, audit_loss_mask, probe_loss_mask
+
+    batch = collate(train_set[:n_pairs])
+    # The probe reads positions, not ids: all-zero labels over a 2-token vocabulary find the same mask
+    # without a [N, T, V] tensor of the real vocabulary.
+    probe_ids = torch.zeros_like(batch["input_ids"])
+    read = probe_loss_mask(lambda logits: sequence_logps(logits, probe_ids, batch["response_mask"]).sum, probe_ids, 2)
+    try:
+        report = audit_loss_mask(batch, tokenizer, n_rows=2, loss_mask=read)
+    except MaskAuditError as e:
+        if mode == "error":
+            raise
+        say(f"WARNING {e}")
+        return
+    say(report.summary())
+
+
 def policy_settings(stage: str, cfg: Any) -> dict[str, Any]:
     """What a saved policy folder records about how it was trained (models/policy.py POLICY_FILE)."""
     return {"stage": stage, "tokenize": to_dict(cfg.data.tokenize), "padding_side": cfg.data.padding_side,
@@ -199,6 +223,8 @@ def train_sft(cfg: SFTRunConfig, train_pairs: list[Pair] | None = None, eval_pai
     if acc.is_main_process:
         ledger.write(out / "ledger.json")
     say(f"data: {ledger.summary()}")
+    collate = ChosenCollator(tokenizer.pad_token_id, cfg.data.padding_side)
+    audit_masks(train_set, collate, tokenizer, cfg.mask_audit, say)
     optimizer, scheduler, total = make_optimizer(model, cfg.train, len(train_set))
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
     if cfg.train.report_to:
@@ -209,8 +235,8 @@ def train_sft(cfg: SFTRunConfig, train_pairs: list[Pair] | None = None, eval_pai
     def save_model(path: Path) -> None:
         save_policy(acc.unwrap_model(model), tokenizer, path, policy_settings("sft", cfg))
 
-    engine = Engine(cfg.train, acc, model, optimizer, scheduler, ChosenCollator(tokenizer.pad_token_id,
-                    cfg.data.padding_side), save_model=save_model, ids=[p.id or f"#{i}" for i, p in enumerate(train_pairs)])
+    engine = Engine(cfg.train, acc, model, optimizer, scheduler, collate, save_model=save_model,
+                    ids=[p.id or f"#{i}" for i, p in enumerate(train_pairs)])
     if cfg.train.resume_from:
         engine.resume(cfg.train.resume_from)
     evaluate = partial(_evaluate, acc, model, eval_set, cfg, tokenizer.pad_token_id) if eval_set else None
