@@ -330,3 +330,27 @@ def test_mask_audit_runs_first_and_catches_an_unshifted_mask(monkeypatch, tiny_m
     train_dpo(config(tiny_model_dir, tmp_path / "b", mask_audit="warn", train={"max_steps": 1}), pairs,
               console=messages.append)
     assert any(m.startswith("WARNING loss mask is wrong") for m in messages)
+
+
+def test_odpo_offsets_from_a_trained_reward_models_gap(tiny_model_dir, pairs, tmp_path):
+    """The bridge between the two halves: ODPO's per-pair offset is a trained RM's reward gap (the confidence
+    margin's reference source), scored once before training and looked up by pair index."""
+    from _engine_helpers import run_config, train
+
+    rm = train(run_config(tiny_model_dir, tmp_path / "rm", batch_size=4, max_steps=4), pairs)
+    margin = {"name": "confidence", "confidence": {"source": "reference", "reference_model": str(rm.model_dir),
+                                                   "filter": "none"}}
+    result = run(config(tiny_model_dir, tmp_path / "dpo", loss={"name": "odpo"}, margin=margin,
+                        train={"max_steps": 2, "batch_size": 16}), pairs)
+    first = steps(result.history)[0]
+    # m_i = max(RM gap_i, 0) with the default clip at 0; at h = 0 the loss is the mean of softplus(m_i)
+    from marginkit.evaluate.scorer import score_encoded
+    from marginkit.models.reward import ModelConfig, load_reward_model
+
+    model, tok = load_reward_model(ModelConfig(name_or_path=str(rm.model_dir), head_init="keep"))
+    c, r = score_encoded(model, encode_pairs(pairs, tok, TokenizeConfig(), Ledger()), tok.pad_token_id)
+    m = torch.from_numpy(c - r).float().clamp(min=0)
+    assert first["target_margins/mean"] == pytest.approx(float(m.mean()), rel=1e-4)
+    assert first["loss"] == pytest.approx(float(torch.nn.functional.softplus(m).mean()), rel=1e-4)
+    with pytest.raises(ConfigError, match="margin.name=ot reads reward-model hidden states"):
+        config(tiny_model_dir, tmp_path / "ot", loss={"name": "odpo"}, margin={"name": "ot"})

@@ -9,7 +9,7 @@ from typing import Literal
 
 from marginkit.data.tokenize import TokenizeConfig
 from marginkit.losses.dpo import DPOLossSpec, build_dpo_loss
-from marginkit.margins.registry import MarginSpec
+from marginkit.margins.registry import MarginSpec, build_margin
 from marginkit.models.policy import PolicyConfig
 from marginkit.models.reward import ModelConfig
 from marginkit.train.dpo import DPOTrainConfig
@@ -93,6 +93,10 @@ class DPORunConfig:
         if not loss.uses_offset and self.margin.name != "none":
             raise ValueError(f"margin.name={self.margin.name} only applies with loss.name=odpo (the per-pair "
                              f"offset); loss.name={self.loss.name} would ignore it")
+        if loss.uses_offset and "embeddings" in build_margin(self.margin).needs:
+            raise ValueError(f"margin.name={self.margin.name} reads reward-model hidden states, which a DPO step "
+                             "does not produce; use external embeddings or another strategy (label, fixed, oracle, "
+                             "confidence)")
 
     @property
     def reference_source(self) -> str:
