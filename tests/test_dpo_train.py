@@ -354,3 +354,13 @@ def test_odpo_offsets_from_a_trained_reward_models_gap(tiny_model_dir, pairs, tm
     assert first["loss"] == pytest.approx(float(torch.nn.functional.softplus(m).mean()), rel=1e-4)
     with pytest.raises(ConfigError, match="margin.name=ot reads reward-model hidden states"):
         config(tiny_model_dir, tmp_path / "ot", loss={"name": "odpo"}, margin={"name": "ot"})
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+def test_dropout_is_disabled_so_the_first_loss_is_ln2(word_tokenizer, pairs, tmp_path, arch):
+    model_dir = make_tiny_model_dir(tmp_path / arch, word_tokenizer, arch=arch, hidden_size=32, dropout=0.2)
+    on = run(config(model_dir, tmp_path / "on", train={"max_steps": 1}), pairs)
+    assert steps(on.history)[0]["loss"] == pytest.approx(LN2, abs=1e-6)  # dropout zeroed: policy = reference
+    off = run(config(model_dir, tmp_path / "off", model={"name_or_path": str(model_dir), "disable_dropout": False},
+                     train={"max_steps": 1}), pairs)
+    assert abs(steps(off.history)[0]["loss"] - LN2) > 1e-4  # with dropout the policy differs from its reference

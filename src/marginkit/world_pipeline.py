@@ -63,11 +63,11 @@ class PipelineSize:
 
 
 PIPELINE_SIZES = {
-    # Measured on 2 CPU cores (docs/dpo.md): quick about a minute end to end.
-    "quick": PipelineSize(n_train=1500, n_test_pairs=300, n_prompts=150, samples_per_prompt=4, hidden=48, layers=2,
-                          sft_epochs=4, dpo_epochs=2),
+    # quick: 47 s of CPU time single-threaded (the shared 2-core machine, docs/dpo.md); full: about 4x that.
+    "quick": PipelineSize(n_train=3000, n_test_pairs=300, n_prompts=100, samples_per_prompt=4, hidden=64, layers=2,
+                          sft_epochs=6, dpo_epochs=2),
     "full": PipelineSize(n_train=6000, n_test_pairs=1000, n_prompts=500, samples_per_prompt=8, hidden=64, layers=2,
-                         sft_epochs=6, dpo_epochs=3),
+                         sft_epochs=8, dpo_epochs=3),
     # For tests: seconds.
     "tiny": PipelineSize(n_train=64, n_test_pairs=16, n_prompts=8, samples_per_prompt=2, hidden=16, layers=1,
                          sft_epochs=1, dpo_epochs=1),
