@@ -19,7 +19,9 @@ from marginkit.config import RMRunConfig
 from marginkit.configlib import from_dict
 from marginkit.data.world import WorldConfig, make_world
 from marginkit.evaluate.rm_eval import EvalConfig, RMEvalReport, evaluate_rm_dir
+from marginkit.evaluate.rm_eval import write_report as write_eval_report
 from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
+from marginkit.report.html import write_report as write_html_report
 from marginkit.report.plots import (
     plot_accuracy_by_bucket,
     plot_margin_histograms,
@@ -108,13 +110,15 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         seconds = time.perf_counter() - t0
         reports[name] = evaluate_rm_dir(result.model_dir, world.test, EvalConfig(swap_test=False, n_boot=500),
                                         progress=False)
+        write_eval_report(reports[name], out / name, "eval_test")
         rows.append(_row(name, reports[name], seconds))
     table = format_table(rows)
     print("\ntest split, accuracy against the labels and against the true preference:\n" + table)
     _plots(out, reports)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "summary.md").write_text("```\n" + table + "\n```\n")
-    print(f"\nwrote {out}/ (summary.md, plots, per-strategy metrics.jsonl and model/) in "
+    html = write_html_report([out], out / "report.html", title="marginkit demo: margins on the gold-reward world")
+    print(f"\nwrote {out}/ (summary.md, {html.name}, plots, per-strategy metrics.jsonl and model/) in "
           f"{time.perf_counter() - started:.1f} s")
     return rows
 
