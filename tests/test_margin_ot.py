@@ -105,9 +105,9 @@ def test_margin_from_identity_plan():
 def test_single_pair_batch():
     # B = 1: the plan is [[1]], so h = 1 - C_11. Centring is skipped (the mean of one pair is its midpoint,
     # which would make cos = -1): identical responses give S = 0, and Δ = 0 gives R = 1/2, so
-    # C = (0 + 1/2) / 2 = 1/4 and m = 3/4.
+    # C = (0 + 1/2) / 2 = 1/4 and m = λ h = 1 * 3/4 with λ = 1.
     e = torch.tensor([[1.0, 2.0]])
-    out = OTMargin()(inputs([0.0], e, e.clone()))
+    out = OTMargin(OTMarginConfig(scale=1.0))(inputs([0.0], e, e.clone()))
     assert_close(out.target_margin, torch.tensor([0.75]))
     assert_close(out.diagnostics["ot_plan_entropy"], torch.tensor(0.0))
 
