@@ -170,7 +170,8 @@ def _cmd_world_pipeline(args: argparse.Namespace) -> int:
     from marginkit.world_pipeline import WorldPipelineConfig, run_world_pipeline
 
     size = "quick" if args.quick else args.size
-    run_world_pipeline(WorldPipelineConfig(out=args.out, size=size, seed=args.seed, dpo_overrides=args.overrides))
+    run_world_pipeline(WorldPipelineConfig(out=args.out, size=size, seed=args.seed, threads=args.threads,
+                                           dpo_overrides=args.overrides))
     return 0
 
 
@@ -298,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     wp.add_argument("--size", default="quick", choices=["quick", "full", "tiny"], help="World and model size.")
     wp.add_argument("--out", default="runs/world_pipeline", help="Run folder.")
     wp.add_argument("--seed", type=int, default=0)
+    wp.add_argument("--threads", type=int, default=1, help="torch threads (tiny models gain nothing from more; 0: as is).")
     wp.add_argument("overrides", nargs="*", help="DPO stage key=value overrides, e.g. train.batch_size=1 loss.name=ipo")
     wp.set_defaults(func=_cmd_world_pipeline)
 
