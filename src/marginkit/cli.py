@@ -14,6 +14,7 @@
     marginkit train-dpo --config run.yaml [key=value ...]
     marginkit eval-dpo --model DIR --data FILE [--reference DIR_OR_FILE] [--out DIR]
     marginkit world pipeline [--quick] [--out DIR] [dpo key=value ...]  (base -> SFT -> DPO, true reward)
+    marginkit world monitor-demo [--out DIR]   (the margin monitor on a reckless and a sane DPO run)
     marginkit models import-gguf --out DIR [--file X.gguf]   (SmolLM2 GGUF -> safetensors folder)
     marginkit eval-sections --model DIR [--builtin all] [--section NAME=PATH[@FORMAT] ...]
 """
@@ -166,6 +167,14 @@ def _cmd_eval_dpo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_world_monitor_demo(args: argparse.Namespace) -> int:
+    from marginkit.world_pipeline import monitor_demo
+
+    alerts = monitor_demo(out=args.out, seed=args.seed, n_pairs=args.pairs)
+    print(f"wrote {args.out}/ (each run's alerts.jsonl and metrics.jsonl, monitor_demo.json)")
+    return 0 if alerts["reckless"] and not alerts["sane"] else 1
+
+
 def _cmd_world_pipeline(args: argparse.Namespace) -> int:
     from marginkit.world_pipeline import WorldPipelineConfig, run_world_pipeline
 
@@ -302,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     wp.add_argument("--threads", type=int, default=1, help="torch threads (tiny models gain nothing from more; 0: as is).")
     wp.add_argument("overrides", nargs="*", help="DPO stage key=value overrides, e.g. train.batch_size=1 loss.name=ipo")
     wp.set_defaults(func=_cmd_world_pipeline)
+    wd = w.add_parser("monitor-demo", help="DPO twice on the world (batch 1 at lr 1e-2 vs batch 32 at 3e-4): the "
+                                           "margin monitor fires on the first and stays quiet on the second.")
+    wd.add_argument("--out", default="runs/monitor_demo", help="Run folder.")
+    wd.add_argument("--seed", type=int, default=0)
+    wd.add_argument("--pairs", type=int, default=400, help="Training pairs of both DPO runs.")
+    wd.set_defaults(func=_cmd_world_monitor_demo)
 
     for name, func, text in (
             ("train-dpo", _cmd_train_dpo, "Train a policy with a DPO-family loss (docs/dpo.md)."),

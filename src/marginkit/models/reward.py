@@ -67,8 +67,10 @@ def load_reward_model(cfg: ModelConfig, dtype: torch.dtype | None = None) -> tup
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
     tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, **kwargs)
+    # float32 master weights unless asked otherwise: transformers 5 reads dtype=None as "auto" and would
+    # train a bf16 checkpoint in bf16 (mixed precision autocasts the forward instead).
     model = AutoModelForSequenceClassification.from_pretrained(
-        cfg.name_or_path, num_labels=1, dtype=dtype, **kwargs
+        cfg.name_or_path, num_labels=1, dtype=dtype or torch.float32, **kwargs
     )
     if tokenizer.pad_token_id is None or (
         tokenizer.pad_token_id == tokenizer.eos_token_id and not is_encoder(model)
