@@ -299,9 +299,12 @@ def _bon_tables(d: dict[str, Any]) -> str:
              _table(["N", "KL"] + rms + ["judge's own best", "unguided"], rows)]
     if d["win_rates"]:
         others = list(d["win_rates"])
+        above = d.get("runs_above_half")
         rows = [[n] + [f"{w['value']:.3f} [{w['low']:.3f}, {w['high']:.3f}] ({w['wins']}/{w['ties']}/{w['losses']})"
-                       for w in (d["win_rates"][r][i] for r in others)] for i, n in enumerate(d["ns"])]
-        parts += [f"<h3>Win rate over {_e(d['baseline'])} (ties ½; wins/ties/losses)</h3>",
+                       + (f" {above[r][i]}/{d['runs']}" if above else "")
+                       for r, w in ((r, d["win_rates"][r][i]) for r in others)] for i, n in enumerate(d["ns"])]
+        counts = "wins/ties/losses summed; runs with a win rate above ½" if above else "wins/ties/losses"
+        parts += [f"<h3>Win rate over {_e(d['baseline'])} (ties ½; {counts})</h3>",
                   _table(["N"] + [f"{r} vs {d['baseline']}" for r in others], rows)]
         rows = [[n] + [f"{m['mean']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}]"
                        for m in (d["judge_diff"][r][i] for r in others)] for i, n in enumerate(d["ns"])]

@@ -264,23 +264,40 @@ def plot_bon_curves(results: Mapping[str, object], out: Path | str, title: str =
 
 
 def plot_bon_win_rates(results: Mapping[str, object], out: Path | str, title: str = "Best-of-N win rate") -> Path:
-    """Win rate (ties ½) of each RM's pick over the baseline's pick against N, with the bootstrap band
-    and the 0.5 line (N = 1 sits on it exactly: both pick the same first sample)."""
+    """Against N, per RM: the win rate (ties ½) of its pick over the baseline's pick, and, when the
+    results have it, the paired difference of judge rewards (pick − baseline's pick), each with its
+    band and the no-difference line (N = 1 sits on it exactly: every RM picks the first sample).
+    The win-rate axis spans the data and 0.5, not [0, 1]: differences of a few points stay visible."""
     ns, kl, wins = list(results["ns"]), list(results["kl"]), dict(results["win_rates"])
     if not wins:
         raise ValueError("results has no win rates (only the baseline RM)")
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.subplots()
+    diffs = dict(results.get("judge_diff") or {})
+    base = results.get("baseline", "baseline")
+    fig = Figure(figsize=(11.0 if diffs else 6.4, 4.2), layout="constrained")
+    axes: Sequence[Axes] = fig.subplots(1, 2 if diffs else 1, squeeze=False)[0]
+    lows, highs = [0.5], [0.5]
     for i, (name, ws) in enumerate(wins.items(), start=1):  # colour 0 is the baseline in plot_bon_curves
-        ax.plot(ns, [w["value"] for w in ws], color=_color(i), marker="o", ms=4, lw=1.6, label=name)
-        ax.fill_between(ns, [w["low"] for w in ws], [w["high"] for w in ws], color=_color(i), alpha=0.15, lw=0)
-    ax.axhline(0.5, color="black", lw=1.0, ls=":", label="no difference")
-    _kl_ticks(ax, ns, kl)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_ylabel(f"win rate over {results.get('baseline', 'baseline')} (ties ½)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower left")
+        low, high = [w["low"] for w in ws], [w["high"] for w in ws]
+        axes[0].plot(ns, [w["value"] for w in ws], color=_color(i), marker="o", ms=4, lw=1.6, label=name)
+        axes[0].fill_between(ns, low, high, color=_color(i), alpha=0.15, lw=0)
+        lows += [v for v in low if math.isfinite(v)]
+        highs += [v for v in high if math.isfinite(v)]
+        if diffs:
+            d = diffs[name]
+            axes[1].plot(ns, [m["mean"] for m in d], color=_color(i), marker="o", ms=4, lw=1.6, label=name)
+            axes[1].fill_between(ns, [m["low"] for m in d], [m["high"] for m in d], color=_color(i), alpha=0.15, lw=0)
+    pad = max(0.02, 0.1 * (max(highs) - min(lows)))
+    axes[0].set_ylim(max(0.0, min(lows) - pad), min(1.0, max(highs) + pad))
+    axes[0].set_ylabel(f"win rate over {base} (ties ½)")
+    axes[0].set_title(title)
+    if diffs:
+        axes[1].set_ylabel(f"judge reward: pick − {base}'s pick")
+        axes[1].set_title("paired judge difference")
+    for ax in axes:
+        ax.axhline(0.5 if ax is axes[0] else 0.0, color="black", lw=1.0, ls=":", label="no difference")
+        _kl_ticks(ax, ns, kl)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="upper left")
     return _save(fig, out)
 
 
