@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from marginkit.diagnostics.monitor import Alert, MarginMonitor, MonitorConfig, MonitorStopError
+from marginkit.models.packing import Attention, ForwardLayout
 from marginkit.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -67,11 +68,11 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list, metadata={
         "help": "Extra trackers via Accelerate (tensorboard, wandb, trackio); JSONL is always written."})
     progress_bar: bool = field(default=True, metadata={"help": "Show a progress bar on the main process."})
-    forward: Literal["padded", "packed", "prefix_shared"] = field(default="padded", metadata={
+    forward: ForwardLayout = field(default="padded", metadata={
         "help": "How a batch of pairs is run (docs/speed.md): padded rows; packed (padding-free: sequences end to "
                 "end, attention kept within each); prefix_shared (each prompt once, both responses attend to it). "
                 "All three give the same rewards and log-probs. Causal LMs only."})
-    attention: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = field(default="auto", metadata={
+    attention: Attention = field(default="auto", metadata={
         "help": "Attention kernel. auto: the model's own for padded; for packed, flash_attention_2 (varlen) when "
                 "flash-attn is installed, else flex_attention on CUDA; for prefix_shared, flex_attention on CUDA; "
                 "sdpa with an explicit mask on CPU."})
