@@ -7,8 +7,8 @@ keep plain Bradley-Terry (m = 0). Everything here is computed under `torch.no_gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
