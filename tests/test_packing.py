@@ -343,3 +343,30 @@ def test_packed_training_equals_padded(tiny_model_dir, word_tokenizer, tmp_path,
     assert len(losses["padded"]) == 3
     assert len(calls) == 3  # the packed run really ran packed: one packed forward per micro-batch
     torch.testing.assert_close(torch.tensor(losses["packed"]), torch.tensor(losses["padded"]))
+
+
+# ---- docs/speed.md names only what exists ----
+
+def test_speed_doc_names_real_keys_paths_and_files():
+    import importlib
+    import re
+    from pathlib import Path
+
+    from marginkit.config import DPORunConfig, RMRunConfig
+    from marginkit.configlib import describe
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "speed.md").read_text()
+    keys = set(re.findall(r"`((?:train|model|reference|data)\.[a-z_.]+)(?:=[^`]*)?`", text))
+    known = {row[0] for cls in (RMRunConfig, DPORunConfig) for row in describe(cls)}
+    assert len(keys) >= 8 and keys <= known, keys - known
+    for dotted in set(re.findall(r"`(marginkit(?:\.\w+)+)`", text)):
+        module, _, attr = dotted.rpartition(".")
+        try:
+            importlib.import_module(dotted)
+        except ModuleNotFoundError:
+            assert hasattr(importlib.import_module(module), attr), dotted
+    for path in set(re.findall(r"`((?:tests|configs|benchmarks|docs)/[\w/.-]+)`", text)):
+        assert (root / path).exists(), path
+    for name in set(re.findall(r"`(test_\w+)`", text)):
+        assert any(name in f.read_text() for f in (root / "tests").glob("test_*.py")), name
