@@ -6,6 +6,7 @@
     marginkit world make --out DIR [key=value ...]
     marginkit demo [--quick] [--out DIR]
     marginkit study margins [--size quick|full] [--seeds 0,1,2,3,4] [--noises 0.5,1.0] [--jobs 2]
+    marginkit study margins --task hh|ultrafeedback|alpaca-eval|all [--quick] [--backbone frozen|finetune]
     marginkit bon --policy world --rm A [--rm B ...] --prompts world:test --n 1,2,4,...,64 --judge world
     marginkit report RUN_DIR [RUN_DIR ...] [--out report.html]
     marginkit config train-rm          (every option with its default and help)
@@ -89,6 +90,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_study_margins(args: argparse.Namespace) -> int:
+    if args.task != "world":
+        return _study_real(args)
     from marginkit.study.margins import StudyConfig, run_study
 
     def floats(s: str) -> list[float]:
@@ -99,6 +102,36 @@ def _cmd_study_margins(args: argparse.Namespace) -> int:
                       variants=[x for x in args.variants.split(",") if x] if args.variants else None, jobs=args.jobs)
     run_study(cfg)
     print(f"wrote {args.out}/study.md, summary.json, results.jsonl and plots")
+    return 0
+
+
+def _study_real(args: argparse.Namespace) -> int:
+    from marginkit.study.real import TASKS, run_real_study, sized_config, tune_head
+
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+    if args.config and len(tasks) > 1:
+        raise SystemExit("--config names one task's file; use it with one --task")
+    size = "quick" if args.quick else args.size
+    for task in tasks:
+        out = args.out if args.out != "runs/study_margins" else "runs/study_real"
+        overrides = [f"out={Path(out) / task}", *args.overrides]
+        if args.seeds != "0,1,2,3,4":
+            overrides.append(f"seeds=[{args.seeds}]")
+        if args.variants:
+            overrides.append(f"variants=[{args.variants}]")
+        for key in ("backbone", "data_dir"):
+            if getattr(args, key):
+                overrides.append(f"{key}={getattr(args, key)}")
+        cfg = sized_config(task, size, args.config, overrides)
+        if args.tune_head:
+            rows = tune_head(cfg)
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.out) / "tune_head.json").write_text(json.dumps(rows, indent=2) + "\n")
+            best = rows[0]
+            print(f"{task}: best on validation: head_lr={best['head_lr']:g} head_epochs={best['head_epochs']}")
+            continue
+        run_real_study(cfg)
+        print(f"wrote {Path(out) / task}/study.md, summary.json, results.jsonl and plots")
     return 0
 
 
@@ -359,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--noises", default="0.5,1.0", help="Comma-separated label-noise levels (BT temperature).")
     sm.add_argument("--variants", default="", help="Comma-separated variant names (default: all; bt always runs).")
     sm.add_argument("--jobs", type=int, default=1, help="(noise, seed) units trained in parallel processes.")
+    sm.add_argument("--task", default="world", choices=["world", "hh", "ultrafeedback", "alpaca-eval", "all"],
+                    help="world: the gold-reward world; hh / ultrafeedback / alpaca-eval: real data with a "
+                         "MiniLM backbone (docs/study_real.md); all: the three real tasks in turn.")
+    sm.add_argument("--backbone", default="", choices=["", "frozen", "finetune"],
+                    help="Real tasks: frozen (cached MiniLM features + a trained head; the default) or finetune.")
+    sm.add_argument("--data-dir", default="", help="Real tasks: the shared/data folder (default: "
+                                                    "$MARGINKIT_SHARED_DATA or ../shared/data).")
+    sm.add_argument("--config", default=None, help="Real tasks: a YAML study config (configs/study/<task>.yaml).")
+    sm.add_argument("--tune-head", action="store_true",
+                    help="Real tasks, frozen backbone: grid the head's lr x epochs for BT on validation and print "
+                         "the best (writes tune_head.json); trains nothing else.")
+    sm.add_argument("overrides", nargs="*", help="Real tasks: key=value overrides of the study config.")
     sm.set_defaults(func=_cmd_study_margins)
 
     b = sub.add_parser("bon", help="Best-of-N: sample once, each RM picks its best, a judge compares the picks.",

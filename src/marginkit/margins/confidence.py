@@ -181,14 +181,24 @@ class ConfidenceMargin:
                                 setup.say, data_key) for d in self.model_dirs]
         gaps = torch.from_numpy(np.stack([f.gaps for f in found]))  # [K, N] float64
         _require_scored(gaps, setup, self.model_dirs)
-        if len(found) == 1:
+        self.set_reference_gaps(gaps, [f.path.name for f in found], setup.device)
+
+    def set_reference_gaps(self, gaps: torch.Tensor, keys: list[str], device: torch.device | str = "cpu") -> None:
+        """Use precomputed reference gaps [K, N] (K = 1 reference or K >= 2 ensemble members, N training
+        pairs) instead of scoring RM folders; `keys` name them (kept in the state for resume checks).
+        `prepare` ends here; the real-data study calls it with gaps from frozen-encoder heads."""
+        gaps = torch.as_tensor(gaps)
+        if gaps.dim() != 2 or len(keys) != gaps.shape[0]:
+            raise ValueError(f"confidence margin: reference gaps of shape {tuple(gaps.shape)} with {len(keys)} keys; "
+                             "expected [K, N] and one key per row")
+        if gaps.shape[0] == 1:
             value, std = gaps[0], None  # [N]
         else:
             mean, std = ensemble_gaps(gaps)  # [K, N] -> [N], [N]
             value = mean - self.config.ensemble_std_coef * std
-        self._value = value.float().to(setup.device)
-        self._std = None if std is None else std.float().to(setup.device)
-        self._keys = [f.path.name for f in found]
+        self._value = value.float().to(device)
+        self._std = None if std is None else std.float().to(device)
+        self._keys = list(keys)
         self._check_keys()
 
     @torch.no_grad()

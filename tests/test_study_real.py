@@ -1,0 +1,295 @@
+"""The real-data margin study (study/real.py): the frozen-feature head, its cache, the summary maths,
+an end-to-end run on hand-made data with a judged pool, and the real tasks' splits.
+
+Hand-made parts use a 1-layer random BERT over a word vocabulary, so nothing here needs a hub or the
+MiniLM package; the real-task tests skip when ../shared/data is absent."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from marginkit.data.schema import Pair
+from marginkit.data.splits import first_user_turn, normalise_prompt
+from marginkit.margins import MarginInputs
+from marginkit.margins.confidence import ConfidenceMargin, ConfidenceMarginConfig
+from marginkit.study.real import (
+    FeatureCache,
+    RealStudyConfig,
+    RewardHead,
+    TaskData,
+    head_gaps,
+    head_step,
+    load_task,
+    run_real_study,
+    sized_config,
+    summarize_real,
+    train_head,
+)
+
+WORDS = "p q r yes no great bad fine awful cats dogs fish food water quick slow".split()
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A 1-layer random BERT with a real WordPiece tokenizer ([CLS] a [SEP] b [SEP]) over WORDS."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("bert") / "encoder"
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])})
+    assert tokenizer.unk_token_id not in tokenizer("p q", "yes great")["input_ids"]
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _no_labels(b: int) -> dict[str, torch.Tensor]:
+    nan = torch.full((b,), float("nan"))
+    return {"label_margin": nan, "score_gap": nan, "gold_gap": nan}
+
+
+# ----------------------------------------------------------------------------- the head and its step
+
+
+def _unit_head() -> RewardHead:
+    """1 feature, 1 hidden unit: r(x) = gelu(x) (mean 0, std 1, W1 = 1, b1 = 0, w2 = 1, b2 = 0)."""
+    head = RewardHead(torch.zeros(1), torch.ones(1), hidden=1)
+    with torch.no_grad():
+        head.body[0].weight.fill_(1.0)
+        head.body[0].bias.zero_()
+        head.out.weight.fill_(1.0)
+    return head
+
+
+def test_head_starts_at_ln2():
+    head = RewardHead(torch.zeros(5), torch.ones(5), hidden=8)
+    xc, xr = torch.randn(4, 5), torch.randn(4, 5)
+    from marginkit.margins.none import NoMargin
+
+    loss, target = head_step(head, xc, xr, _no_labels(4), torch.arange(4), NoMargin(), 0)
+    assert_close(loss, torch.tensor(math.log(2)))
+    assert target.shape == (4,) and not target.requires_grad
+
+
+def test_head_step_by_hand():
+    from marginkit.margins.fixed import FixedMargin, FixedMarginConfig
+
+    head = _unit_head()
+    gelu2 = 2 * 0.5 * (1 + math.erf(2 / math.sqrt(2)))  # gelu(2) = 2 Φ(2) = 1.95450
+    xc, xr = torch.tensor([[2.0]]), torch.tensor([[0.0]])  # r_c = gelu(2), r_r = gelu(0) = 0
+    loss, target = head_step(head, xc, xr, _no_labels(1), torch.arange(1),
+                             FixedMargin(FixedMarginConfig(value=0.5)), 0)
+    expected = math.log1p(math.exp(-(gelu2 - 0.5)))  # -log σ(Δ - m)
+    assert abs(loss.item() - expected) < 1e-6
+    assert target.tolist() == [0.5]
+    loss.backward()  # the margin is detached: gradient flows through the rewards only
+    assert head.out.weight.grad is not None
+
+
+def test_reference_gaps_by_hand():
+    ref = ConfidenceMargin(ConfidenceMarginConfig(filter="none", source="reference", reference_model="head:bt"))
+    ref.set_reference_gaps(torch.tensor([[1.0, -2.0, 3.0]]), ["bt"])
+    out = ref(MarginInputs(torch.zeros(2), *[torch.full((2,), float("nan"))] * 3, index=torch.tensor([2, 1])))
+    assert out.target_margin.tolist() == [3.0, 0.0]  # -2 clipped at min_margin 0
+    ens = ConfidenceMargin(ConfidenceMarginConfig(filter="none", source="ensemble", ensemble_models=["a", "b"],
+                                                  ensemble_std_coef=0.5))
+    ens.set_reference_gaps(torch.tensor([[1.0, 3.0], [3.0, 5.0]]), ["a", "b"])
+    out = ens(MarginInputs(torch.zeros(2), *[torch.full((2,), float("nan"))] * 3, index=torch.tensor([0, 1])))
+    # mean (2, 4), sample std sqrt(2) each: m = mean - 0.5 sqrt(2)
+    assert_close(out.target_margin, torch.tensor([2 - 0.5 * math.sqrt(2), 4 - 0.5 * math.sqrt(2)]))
+    with pytest.raises(ValueError, match="one key per row"):
+        ref.set_reference_gaps(torch.zeros(2, 3), ["only one"])
+
+
+def test_train_head_is_deterministic_per_seed():
+    torch.manual_seed(123)
+    xc, xr = torch.randn(40, 6) + 0.5, torch.randn(40, 6)
+    pairs = [Pair("p", "c", "r") for _ in range(40)]
+    cfg = RealStudyConfig(head_epochs=2, head_batch_size=16, head_hidden=8)
+    a, curve = train_head(cfg, xc, xr, pairs, {"name": "none"}, seed=0, val=(xc, xr))
+    b, _ = train_head(cfg, xc, xr, pairs, {"name": "none"}, seed=0)
+    c, _ = train_head(cfg, xc, xr, pairs, {"name": "none"}, seed=1)
+    assert np.array_equal(head_gaps(a, xc, xr), head_gaps(b, xc, xr))
+    assert not np.array_equal(head_gaps(a, xc, xr), head_gaps(c, xc, xr))
+    assert [p["step"] for p in curve] == [3, 6]  # ceil(40 / 16) = 3 steps per epoch
+    with pytest.raises(ValueError, match="reference gaps"):
+        train_head(cfg, xc, xr, pairs, {"name": "confidence", "confidence": {"source": "reference",
+                                                                             "reference_model": "x"}}, seed=0)
+
+
+# ----------------------------------------------------------------------------- the feature cache
+
+
+def test_feature_cache_by_hand_and_reuse(bert_dir, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    said: list[str] = []
+    cache = FeatureCache(bert_dir, 16, tmp_path, say=said.append)
+    feats = cache.get(["p q", "p"], ["yes great", "cats dogs fish"])
+    assert feats.shape == (2, 32)  # [CLS] state and masked mean, 16 each
+    tok, model = AutoTokenizer.from_pretrained(bert_dir), AutoModel.from_pretrained(bert_dir).eval()
+    with torch.no_grad():
+        enc = tok("p", "cats dogs fish", return_tensors="pt")
+        h = model(**enc).last_hidden_state[0]  # [T, 16], no padding: the mean is over every token
+    assert_close(feats[1], torch.cat([h[0], h.mean(0)]), atol=1e-5, rtol=1e-5)
+    encoded = [s for s in said if "encoding" in s]
+    assert len(encoded) == 1 and "2 new texts" in encoded[0]
+    again = FeatureCache(bert_dir, 16, tmp_path, say=said.append)  # from disk: nothing to encode
+    assert_close(again.get(["p"], ["cats dogs fish"]), feats[1:])
+    assert len([s for s in said if "encoding" in s]) == 1
+    again.get(["r"], ["slow"])
+    assert "1 new texts" in said[-2] and len(again.index) == 3
+
+
+# ----------------------------------------------------------------------------- summary maths
+
+
+def _row(seed, variant, acc, val, ood, family=None):
+    return {"seed": seed, "variant": variant, "family": family or variant.split("-")[0], "acc": acc, "val_acc": val,
+            "skewness": 0.0, "ood_mean": ood, "sections": {"s": ood}, "train_seconds": 1.0}
+
+
+def test_summarize_real_by_hand():
+    rows = [_row(0, "bt", 0.60, 0.50, 0.55), _row(1, "bt", 0.70, 0.52, 0.57),
+            _row(0, "fixed-1", 0.65, 0.49, 0.56), _row(1, "fixed-1", 0.70, 0.51, 0.57),
+            _row(0, "fixed-0.5", 0.60, 0.52, 0.55), _row(1, "fixed-0.5", 0.70, 0.54, 0.57)]
+    s = summarize_real(rows)
+    fixed = next(e for e in s["table"] if e["variant"] == "fixed-1")
+    # paired differences 0.05 and 0.00: mean 0.025, sd 0.05/sqrt(2), half-width t_{0.975,1} sd / sqrt(2)
+    half = 12.706204736 * (0.05 / math.sqrt(2)) / math.sqrt(2)
+    assert_close(torch.tensor(fixed["acc_vs_bt"]), torch.tensor([0.025, 0.025 - half, 0.025 + half]), rtol=1e-6,
+                 atol=1e-6)
+    assert s["chosen"]["fixed"] == "fixed-0.5"  # mean val 0.53 > 0.50; test accuracy plays no part
+
+
+# ----------------------------------------------------------------------------- end to end, with a judged pool
+
+
+def _toy_task() -> TaskData:
+    from marginkit.evaluate.offline_bon import JudgedPool
+
+    good, bad = ["yes great", "fine food", "great fish", "quick yes"], ["no bad", "awful water", "bad slow", "no no"]
+    def pairs(n, shift):
+        return [Pair("p " + WORDS[(i + shift) % 3], good[i % 4], bad[(i + 1) % 4], score_chosen=5.0 + i % 3,
+                     score_rejected=2.0) for i in range(n)]
+    pool = JudgedPool(instructions=["p", "q", "r"], responses=[["fine", "great yes", "bad"]] * 3,
+                      generators=[["ref", "m1", "m2"]] * 3, gold=np.array([[0.5, 0.9, 0.1]] * 3), reference=0)
+    return TaskData("alpaca-eval", pairs(24, 0), pairs(8, 1), pairs(8, 2), graded=True, pool=pool)
+
+
+def test_run_real_study_end_to_end_and_resume(bert_dir, tmp_path):
+    cfg = RealStudyConfig(task="alpaca-eval", out=str(tmp_path / "study"), encoder=str(bert_dir), seeds=[0, 1],
+                          variants=["bt", "label-0.5", "conf-ref", "ot-2"], max_length=16, sections=[],
+                          head_epochs=2, head_batch_size=8, head_hidden=8, n_boot=20)
+    said: list[str] = []
+    summary = run_real_study(cfg, say=said.append, data=_toy_task(), sections=[])
+    rows = [json.loads(x) for x in (tmp_path / "study" / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["seed"], r["variant"]) for r in rows) == sorted(
+        (s, v) for s in (0, 1) for v in ("bt", "label-0.5", "conf-ref", "ot-2"))
+    bt0 = next(r for r in rows if r["seed"] == 0 and r["variant"] == "bt")
+    ref0 = next(r for r in rows if r["seed"] == 0 and r["variant"] == "conf-ref")
+    assert bt0["acc"] != ref0["acc"] or bt0["skewness"] != ref0["skewness"]  # the reference margin changed training
+    assert len(bt0["by_label"]) >= 1 and all(0 <= b["acc"] <= 1 for b in bt0["by_label"])
+    bon = [json.loads(x) for x in (tmp_path / "study" / "bon.jsonl").read_text().splitlines()]
+    assert sorted({b["variant"] for b in bon}) == ["bt", "conf-ref", "label-0.5", "longest", "ot-2"]
+    longest = next(b for b in bon if b["variant"] == "longest")
+    assert longest["gold"][-1] == pytest.approx(0.9)  # "great yes" is the longest of 3 and the judge's best
+    assert [e["variant"] for e in summary["bon"]][0] == "bt"
+    md = (tmp_path / "study" / "study.md").read_text()
+    assert "Offline Best-of-N" in md and "|label gap| quartile" in md
+    assert (tmp_path / "study" / "study_accuracy.png").exists() and (tmp_path / "study" / "study_bon.png").exists()
+    said.clear()
+    run_real_study(cfg, say=said.append, data=_toy_task(), sections=[])  # resume: nothing left to train
+    assert any("0 runs to do" in s for s in said)
+    assert len((tmp_path / "study" / "results.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_oracle_and_label_variants_are_refused_where_they_cannot_work():
+    with pytest.raises(ValueError, match="no graded labels"):
+        RealStudyConfig(task="hh", variants=["label-0.5"]).chosen_variants()
+    with pytest.raises(ValueError, match="true rewards"):
+        RealStudyConfig(task="ultrafeedback", variants=["oracle-1"]).chosen_variants()
+    with pytest.raises(ValueError, match="study task"):
+        RealStudyConfig(task="imdb")
+
+
+def test_sized_config_layers(tmp_path):
+    quick = sized_config("alpaca-eval", "quick")
+    assert (quick.max_length, quick.max_train_pairs, quick.backbone) == (128, 4000, "frozen")
+    assert sized_config("hh", "quick").max_train_pairs == 0
+    assert sized_config("hh", "full").max_length == 256
+    path = tmp_path / "s.yaml"
+    path.write_text("task: ultrafeedback\nhead_epochs: 3\nseeds: [7]\n")
+    cfg = sized_config("ultrafeedback", "quick", str(path), ["head_lr=0.01", "seeds=[1,2]"])
+    assert (cfg.head_epochs, cfg.head_lr, cfg.seeds, cfg.max_length) == (3, 0.01, [1, 2], 128)
+
+
+@pytest.mark.parametrize("name", ["configs/study/hh.yaml", "configs/study/ultrafeedback.yaml",
+                                  "configs/study/alpaca-eval.yaml"])
+def test_shipped_study_configs_load(name):
+    root = Path(__file__).resolve().parents[1]
+    cfg = sized_config(Path(name).stem, "quick", str(root / name))
+    assert cfg.task == Path(name).stem
+    cfg.chosen_variants()
+
+
+# ----------------------------------------------------------------------------- the real tasks
+
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.parametrize("task, sizes", [("hh", (1842, 231, 230)), ("ultrafeedback", (895, 99, 199)),
+                                         ("alpaca-eval", None)])
+def test_real_tasks_split_without_leaks(task, sizes):
+    import os
+
+    data = Path(os.environ.get("MARGINKIT_SHARED_DATA", DATA))
+    if not data.is_dir():
+        pytest.skip(f"shared data folder {data} is absent (set MARGINKIT_SHARED_DATA)")
+    td = load_task(RealStudyConfig(task=task, data_dir=str(data)))
+    if sizes is not None:
+        assert (len(td.train), len(td.val), len(td.test)) == sizes
+    key = first_user_turn if task == "hh" else normalise_prompt
+    parts = [{key(p.prompt) for p in ps} for ps in (td.train, td.val, td.test)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert td.notes  # what was read, skipped and split is reported
+    if task == "alpaca-eval":
+        assert (len(parts[0]), len(parts[1]), len(parts[2])) == (644, 80, 81)
+        assert len(td.pool) == 81 and td.pool.k == 9
+        assert all(math.isfinite(p.score_gap) for p in td.train)
+    again = load_task(RealStudyConfig(task=task, data_dir=str(data)))
+    assert [p.chosen for p in again.test] == [p.chosen for p in td.test]  # deterministic
+
+
+def test_finetune_backbone_end_to_end(bert_dir, tmp_path):
+    """backbone=finetune trains the whole encoder through train-rm and scores like eval-rm; conf-ref reads
+    the gaps of the seed's own BT folder."""
+    cfg = RealStudyConfig(task="alpaca-eval", backbone="finetune", out=str(tmp_path / "ft"), encoder=str(bert_dir),
+                          seeds=[0], variants=["bt", "conf-ref"], max_length=16, sections=[], batch_size=8,
+                          learning_rate=1e-3, n_boot=20)
+    summary = run_real_study(cfg, say=lambda _: None, data=_toy_task(), sections=[])
+    assert [e["variant"] for e in summary["table"]] == ["bt", "conf-ref"]
+    assert (tmp_path / "ft" / "seed0" / "bt" / "model" / "config.json").exists()
+    assert (tmp_path / "ft" / "seed0" / "conf-ref" / "model" / "config.json").exists()
+    rows = [json.loads(x) for x in (tmp_path / "ft" / "results.jsonl").read_text().splitlines()]
+    assert all(r["backbone"] == "finetune" and 0 <= r["acc"] <= 1 for r in rows)
+    assert {b["variant"] for b in summary["bon"]} == {"bt", "conf-ref", "longest"}
+
+
+def test_tune_head_ranks_by_validation(bert_dir, tmp_path):
+    from marginkit.study.real import tune_head
+
+    cfg = RealStudyConfig(task="alpaca-eval", out=str(tmp_path / "t" / "alpaca-eval"), encoder=str(bert_dir),
+                          max_length=16, head_batch_size=8, head_hidden=8)
+    rows = tune_head(cfg, lrs=(1e-3, 1e-2), epochs=(1, 2), seeds=(0,), say=lambda _: None, data=_toy_task())
+    assert len(rows) == 4 and [r["val_acc"][0] for r in rows] == sorted((r["val_acc"][0] for r in rows), reverse=True)
