@@ -201,9 +201,14 @@ def test_run_real_study_end_to_end_and_resume(bert_dir, tmp_path):
     assert len(bt0["by_label"]) >= 1 and all(0 <= b["acc"] <= 1 for b in bt0["by_label"])
     bon = [json.loads(x) for x in (tmp_path / "study" / "bon.jsonl").read_text().splitlines()]
     assert sorted({b["variant"] for b in bon}) == ["bt", "conf-ref", "label-0.5", "longest", "ot-2"]
+    for b in bon:  # the per-instruction picks stored for the bootstrap are offline_best_of_n's picks
+        assert [float(np.mean(g)) for g in b["pick_gold"]] == pytest.approx(b["gold"])
+        assert [float(np.mean(g)) for g in b["pick_lc_gold"]] == pytest.approx(b["lc_gold"])
     longest = next(b for b in bon if b["variant"] == "longest")
     assert longest["gold"][-1] == pytest.approx(0.9)  # "great yes" is the longest of 3 and the judge's best
     assert [e["variant"] for e in summary["bon"]][0] == "bt"
+    lab = next(e for e in summary["bon"] if e["variant"] == "label-0.5")
+    assert len(lab["win_instr"]) == 3 and all(0 <= w[0] <= 1 for w in lab["win_instr"])
     md = (tmp_path / "study" / "study.md").read_text()
     assert "Offline Best-of-N" in md and "|label gap| quartile" in md
     assert (tmp_path / "study" / "study_accuracy.png").exists() and (tmp_path / "study" / "study_bon.png").exists()
@@ -211,6 +216,9 @@ def test_run_real_study_end_to_end_and_resume(bert_dir, tmp_path):
     run_real_study(cfg, say=said.append, data=_toy_task(), sections=[])  # resume: nothing left to train
     assert any("0 runs to do" in s for s in said)
     assert len((tmp_path / "study" / "results.jsonl").read_text().splitlines()) == len(rows)
+    with pytest.raises(ValueError, match="other settings.*head_epochs"):  # rows of other settings are never mixed
+        run_real_study(RealStudyConfig(**{**cfg.__dict__, "head_epochs": 3}), say=said.append, data=_toy_task(),
+                       sections=[])
 
 
 def test_oracle_and_label_variants_are_refused_where_they_cannot_work():
@@ -237,9 +245,11 @@ def test_sized_config_layers(tmp_path):
                                   "configs/study/alpaca-eval.yaml"])
 def test_shipped_study_configs_load(name):
     root = Path(__file__).resolve().parents[1]
-    cfg = sized_config(Path(name).stem, "quick", str(root / name))
-    assert cfg.task == Path(name).stem
-    cfg.chosen_variants()
+    task = Path(name).stem
+    cfg = sized_config(task, "quick", str(root / name))
+    code = sized_config(task, "quick")  # the file spells out the code's defaults (the head tuned on validation)
+    assert {**cfg.__dict__, "variants": []} == {**code.__dict__, "variants": []}
+    assert cfg.chosen_variants() == code.chosen_variants()
 
 
 # ----------------------------------------------------------------------------- the real tasks
@@ -293,3 +303,23 @@ def test_tune_head_ranks_by_validation(bert_dir, tmp_path):
                           max_length=16, head_batch_size=8, head_hidden=8)
     rows = tune_head(cfg, lrs=(1e-3, 1e-2), epochs=(1, 2), seeds=(0,), say=lambda _: None, data=_toy_task())
     assert len(rows) == 4 and [r["val_acc"][0] for r in rows] == sorted((r["val_acc"][0] for r in rows), reverse=True)
+
+
+def test_paired_test_pair_bootstrap_by_hand():
+    from marginkit.study.real import _paired_pair_bootstrap
+
+    bt = [{"test_correct": [1, 0, 1, 0]}, {"test_correct": [1, 1, 0, 0]}]
+    var = [{"test_correct": [1, 1, 1, 0]}, {"test_correct": [1, 1, 0, 1]}]
+    # per-seed differences (0, 1, 0, 0) and (0, 0, 0, 1): seed-averaged d = (0, 0.5, 0, 0.5), mean 0.25
+    mean, low, high = _paired_pair_bootstrap(var, bt, n_boot=500)
+    assert mean == 0.25 and 0.0 <= low < 0.25 < high <= 0.5
+    assert _paired_pair_bootstrap(var, bt, n_boot=500) == (mean, low, high)  # seeded
+    assert all(math.isnan(v) for v in _paired_pair_bootstrap(var, bt[:1], n_boot=10))
+
+
+def test_win_bootstrap_by_hand():
+    from marginkit.study.real import _win_bootstrap
+
+    # 2 seeds x 3 instructions: outcomes (1, 0.5, 0) and (1, 0, 0) -> per instruction (1, 0.25, 0), mean 5/12
+    mean, low, high = _win_bootstrap([[0.9, 0.5, 0.1], [0.9, 0.2, 0.1]], [[0.1, 0.5, 0.9], [0.1, 0.5, 0.9]], 400)
+    assert mean == pytest.approx(5 / 12) and 0.0 <= low <= mean <= high <= 1.0

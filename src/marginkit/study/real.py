@@ -123,12 +123,14 @@ _COMMON = ["bt", "fixed-0.5", "fixed-1", "conf-batch", "conf-batch-all", "conf-r
 _GRADED = _COMMON[:3] + ["label-0.25", "label-0.5"] + _COMMON[3:]
 
 # task -> what it is; the loaders are below. "graded": the pairs carry score_chosen/score_rejected.
+# "defaults": the frozen head's lr and epochs, chosen for BT by `--tune-head` on validation (mean of seeds
+# 0-2 over lr {3e-4, 1e-3, 3e-3} x epochs {2, 4, 8, 16}; docs/study_real.md has the grid).
 TASKS: dict[str, dict[str, Any]] = {
-    "hh": {"graded": False, "variants": _COMMON,
+    "hh": {"graded": False, "variants": _COMMON, "defaults": {"head_lr": 3e-3, "head_epochs": 4},
            "about": "HH-RLHF harmless-base test (human choices), split 80/10/10 by first user turn"},
-    "ultrafeedback": {"graded": True, "variants": _GRADED,
+    "ultrafeedback": {"graded": True, "variants": _GRADED, "defaults": {"head_lr": 3e-3, "head_epochs": 16},
                       "about": "UltraFeedback 1k2: train split 90/10 by prompt, its eval file as test; label = score gap"},
-    "alpaca-eval": {"graded": True, "variants": _GRADED,
+    "alpaca-eval": {"graded": True, "variants": _GRADED, "defaults": {"head_lr": 3e-4, "head_epochs": 4},
                     "about": "AlpacaEval pool split 80/10/10 by instruction; pairs within an instruction, label = "
                              "logit(p_c) - logit(p_r) of the GPT-4-turbo judge; offline Best-of-N on test"},
 }
@@ -150,7 +152,9 @@ def sized_config(task: str, size: str, config_file: str | None = None, overrides
 
     if size not in REAL_SIZES:
         raise ValueError(f"study size {size!r}; known: {sorted(REAL_SIZES)}")
-    base = {"task": task, **REAL_SIZES[size]}
+    if task not in TASKS:
+        raise ValueError(f"study task {task!r}; known: {sorted(TASKS)}")
+    base = {"task": task, **TASKS[task]["defaults"], **REAL_SIZES[size]}
     if size == "quick" and task in QUICK_TRAIN_CAP:
         base["max_train_pairs"] = QUICK_TRAIN_CAP[task]
     return load_config(RealStudyConfig, config_file, list(overrides), base=base)
@@ -466,7 +470,8 @@ def _evaluate(ctx: _Ctx, gaps_of: Callable[[list[Pair]], np.ndarray], pool_score
 
     test = gaps_of(ctx.data.test)
     row: dict[str, Any] = {"acc": _accuracy(test), "val_acc": _accuracy(gaps_of(ctx.data.val)),
-                           "skewness": M.skewness(test), "mean_gap": float(np.mean(test))}
+                           "skewness": M.skewness(test), "mean_gap": float(np.mean(test)),
+                           "test_correct": ((test > 0) + 0.5 * (test == 0)).tolist()}
     if ctx.data.graded:
         buckets = M.accuracy_by_bucket(test, np.abs(_labels(ctx.data.test)), 4)
         row["by_label"] = [{"low": b.lo, "high": b.hi, "acc": b.accuracy, "n": b.n} for b in buckets]
@@ -591,7 +596,12 @@ def _finish_row(ctx: _Ctx, seed: int, v: StudyVariant, row: dict[str, Any]) -> d
 
 def _bon_rows(ctx: _Ctx, seed: int, pools: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Offline Best-of-N of every variant of one seed on the held-out pool (baseline BT, order seed = seed)."""
-    from marginkit.evaluate.offline_bon import offline_best_of_n
+    from marginkit.evaluate.offline_bon import (
+        candidate_orders,
+        in_order,
+        length_controlled,
+        offline_best_of_n,
+    )
 
     pool = ctx.data.pool
     if pool is None or "bt" not in pools:
@@ -599,6 +609,14 @@ def _bon_rows(ctx: _Ctx, seed: int, pools: dict[str, np.ndarray]) -> list[dict[s
     names = ["bt"] + [n for n in pools if n != "bt"]
     res = offline_best_of_n({n: pools[n] for n in names}, pool.gold, pool.lengths(), seed=seed, baseline="bt",
                             n_boot=ctx.cfg.n_boot)
+    # per instruction, the judge's gold (raw and length-controlled) of each pick: the summary's paired
+    # bootstrap over instructions needs them (the same order and tie rule as offline_best_of_n)
+    order = candidate_orders(len(pool), pool.k, seed)
+    gold_o = in_order(pool.gold, order)
+    lc_o = in_order(length_controlled(pool.gold, pool.lengths(), res.slope), order)
+    rows_i = np.arange(len(pool))
+    scored = {**{n: in_order(pools[n], order) for n in names}, "longest": in_order(pool.lengths(), order)}
+    picks = {n: [np.argmax(sc[:, :k], axis=1) for k in res.ns] for n, sc in scored.items()}
     rows = []
     for name in names + ["longest"]:
         win, win_lc = res.raw.win_rates.get(name), res.lc.win_rates.get(name)
@@ -607,7 +625,9 @@ def _bon_rows(ctx: _Ctx, seed: int, pools: dict[str, np.ndarray]) -> list[dict[s
                      "lc_gold": [m.mean for m in res.lc.per_rm[name]["judge"]],
                      "win": [w.value for w in win] if win else None, "lc_win": [w.value for w in win_lc] if win_lc
                      else None, "agree_longest": res.agree_longest[name], "pick_chars": res.pick_chars[name],
-                     "judge_best": list(res.raw.reference["judge_best"]), "slope": res.slope})
+                     "judge_best": list(res.raw.reference["judge_best"]), "slope": res.slope,
+                     "pick_gold": [gold_o[rows_i, p].tolist() for p in picks[name]],
+                     "pick_lc_gold": [lc_o[rows_i, p].tolist() for p in picks[name]]})
     return rows
 
 
@@ -651,6 +671,7 @@ def run_real_study(cfg: RealStudyConfig, say: Callable[[str], None] = print, dat
     done = {(r["seed"], r["variant"]) for r in _read(results) if r["backbone"] == cfg.backbone}
     say(f"study {cfg.task} ({cfg.backbone}): {len(variants)} variants x {len(cfg.seeds)} seeds, "
         f"{sum((s, v.name) not in done for s in cfg.seeds for v in variants)} runs to do")
+    _check_same_config(out / "study_config.json", cfg)
     (out / "study_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     unit = _frozen_unit if cfg.backbone == "frozen" else _finetune_unit
     for seed in cfg.seeds:
@@ -681,6 +702,22 @@ def run_real_study(cfg: RealStudyConfig, say: Callable[[str], None] = print, dat
     return summary
 
 
+# settings that may change between resumed runs of one study folder (they only add or select rows)
+_RESUMABLE = {"seeds", "variants", "out", "data_dir", "n_boot"}
+
+
+def _check_same_config(path: Path, cfg: RealStudyConfig) -> None:
+    """Refuse to resume a study folder whose rows were made with other settings (they would be mixed)."""
+    if not path.exists() or not (path.parent / "results.jsonl").exists():
+        return
+    before = json.loads(path.read_text())
+    now = asdict(cfg)
+    diff = {k: (before.get(k), now[k]) for k in now if k not in _RESUMABLE and before.get(k) != now[k]}
+    if diff:
+        raise ValueError(f"{path.parent} holds results made with other settings {diff} (before, now); use another "
+                         "--out or delete the folder")
+
+
 def _read(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -707,7 +744,35 @@ def _drop(path: Path, seed: int, variant: str | None, backbone: str) -> None:
 # ----------------------------------------------------------------------------- summary
 
 
-def summarize_real(rows: list[dict[str, Any]], bon: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _paired_pair_bootstrap(rows: list[dict[str, Any]], bt_rows: list[dict[str, Any]], n_boot: int,
+                           level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """The test-set side of "vs BT": d_j = mean over seeds of (correct_variant - correct_BT) on test pair j,
+    and a percentile bootstrap over test pairs of mean_j d_j (seeds are matched; (nan,)*3 without data).
+    The t-interval over seeds says how much training noise moves the result; this says how much the
+    choice of test pairs does."""
+    if not rows or len(rows) != len(bt_rows) or any("test_correct" not in r for r in rows + bt_rows):
+        return math.nan, math.nan, math.nan
+    d = (np.array([r["test_correct"] for r in rows]) - np.array([r["test_correct"] for r in bt_rows])).mean(0)  # [P]
+    rng = np.random.default_rng(seed)
+    reps = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(low), float(high)
+
+
+def _win_bootstrap(gold_a: list[list[float]], gold_b: list[list[float]], n_boot: int, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """Win rate of A's picks over B's [seeds x instructions] (1 if A's gold is higher, 1/2 tie, 0 lower),
+    averaged over seeds per instruction, with a percentile bootstrap over instructions."""
+    a, b = np.asarray(gold_a, dtype=np.float64), np.asarray(gold_b, dtype=np.float64)
+    w = ((a > b) + 0.5 * (a == b)).mean(0)  # [I]
+    rng = np.random.default_rng(seed)
+    reps = w[rng.integers(0, len(w), size=(n_boot, len(w)))].mean(1)
+    low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return float(w.mean()), float(low), float(high)
+
+
+def summarize_real(rows: list[dict[str, Any]], bon: list[dict[str, Any]] | None = None,
+                   n_boot: int = 2000) -> dict[str, Any]:
     """Per variant: t-intervals over seeds of test/val accuracy, paired difference to BT, skewness, each
     OOD section and their mean, accuracy per |label| quartile; per family the variant chosen on
     validation; the Best-of-N per variant and N (mean over seeds of gold, win rate vs BT, LC, = longest)."""
@@ -721,6 +786,8 @@ def summarize_real(rows: list[dict[str, Any]], bon: list[dict[str, Any]] | None 
         for m in ("acc", "val_acc", "skewness", "ood_mean"):
             e[m] = t_interval([r[m] for r in mine])
         e["acc_vs_bt"] = t_interval([r["acc"] - by[(r["seed"], "bt")]["acc"] for r in mine if (r["seed"], "bt") in by])
+        e["acc_vs_bt_pairs"] = _paired_pair_bootstrap(mine, [by[(r["seed"], "bt")] for r in mine if (r["seed"], "bt")
+                                                             in by], n_boot)
         e["ood_vs_bt"] = t_interval([r["ood_mean"] - by[(r["seed"], "bt")]["ood_mean"] for r in mine
                                      if (r["seed"], "bt") in by])
         e["sections"] = {k: t_interval([r["sections"][k] for r in mine]) for k in mine[0]["sections"]}
@@ -744,6 +811,11 @@ def summarize_real(rows: list[dict[str, Any]], bon: list[dict[str, Any]] | None 
                 ent[m] = None
                 continue
             ent[m] = [t_interval([r[m][j] for r in mine]) for j in range(len(ns))]
+        bt = {r["seed"]: r for r in bon or [] if r["variant"] == "bt"}
+        for key, gold in (("win_instr", "pick_gold"), ("lc_win_instr", "pick_lc_gold")):
+            ent[key] = None if name == "bt" or not all("pick_gold" in r and r["seed"] in bt for r in mine) else [
+                _win_bootstrap([r[gold][j] for r in mine], [bt[r["seed"]][gold][j] for r in mine], n_boot)
+                for j in range(len(ns))]
         out["bon"].append(ent)
     return out
 
@@ -756,16 +828,19 @@ def format_real_markdown(summary: dict[str, Any]) -> str:
              "over seeds])", "", summary.get("about", ""), "",
              f"Pairs: {sizes.get('train', '?')} train / {sizes.get('validation', '?')} validation / "
              f"{sizes.get('test', '?')} test; OOD sections {sizes.get('sections', {})}.", "",
-             "| variant | test acc | vs BT (paired) | val acc | OOD mean | OOD vs BT | skew(Δ test) | s / run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | test acc | vs BT (seeds) | vs BT (test pairs) | val acc | OOD mean | OOD vs BT | "
+             "skew(Δ test) | s / run |", "|---|---|---|---|---|---|---|---|---|"]
     for e in summary["table"]:
         name = f"**{e['variant']}**" if summary["chosen"].get(e["family"]) == e["variant"] and e["family"] != "bt" \
             else e["variant"]
         bt = e["variant"] == "bt"
-        lines.append(f"| {name} | {_ci(e['acc'])} | {'–' if bt else _ci(e['acc_vs_bt'])} | {_ci(e['val_acc'])} | "
+        lines.append(f"| {name} | {_ci(e['acc'])} | {'–' if bt else _ci(e['acc_vs_bt'])} | "
+                     f"{'–' if bt else _ci(e['acc_vs_bt_pairs'])} | {_ci(e['val_acc'])} | "
                      f"{_ci(e['ood_mean'])} | {'–' if bt else _ci(e['ood_vs_bt'])} | {_ci(e['skewness'], 2)} | "
                      f"{e['seconds']:.1f} |")
-    lines += ["", "Bold: each family's variant with the best mean validation accuracy; test numbers never choose.", ""]
+    lines += ["", "Bold: each family's variant with the best mean validation accuracy; test numbers never choose. "
+              "vs BT (seeds): paired difference, t-interval over training seeds (training noise only); vs BT (test "
+              "pairs): the seed-averaged paired difference, bootstrap over test pairs (which pairs were drawn).", ""]
     secs = list(summary["table"][0]["sections"]) if summary["table"] else []
     if secs:
         lines += ["OOD sections (accuracy against the section's own labels):", "",
@@ -786,12 +861,14 @@ def format_real_markdown(summary: dict[str, Any]) -> str:
         show = [j for j, k in enumerate(ns) if k in (2, 4, 9)]
         lines += [f"Offline Best-of-N on {sizes.get('pool', '?')} held-out AlpacaEval instructions (gold: the "
                   "GPT-4-turbo judge's probability of beating the reference; win vs BT's pick, ties 1/2; LC = length-"
-                  "controlled; = longest: the pick is also the longest candidate):", "",
+                  "controlled; = longest: the pick is also the longest candidate). Gold and = longest: mean "
+                  "[t-interval over seeds]; win rates: averaged over seeds per instruction, [bootstrap over "
+                  "instructions]:", "",
                   "| variant | N | gold of pick | win vs BT | LC gold | LC win vs BT | = longest |", "|---|---|---|---|---|---|---|"]
         for e in summary["bon"]:
             for j in show:
-                win = _ci(e["win"][j]) if e["win"] else "–"
-                lc_win = _ci(e["lc_win"][j]) if e["lc_win"] else "–"
+                win = _ci(e["win_instr"][j]) if e.get("win_instr") else "–"
+                lc_win = _ci(e["lc_win_instr"][j]) if e.get("lc_win_instr") else "–"
                 lines.append(f"| {e['variant']} | {ns[j]} | {_ci(e['gold'][j])} | {win} | {_ci(e['lc_gold'][j])} | "
                              f"{lc_win} | {_ci(e['agree_longest'][j])} |")
         best = summary["bon"][0]["judge_best"]
