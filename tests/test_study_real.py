@@ -210,7 +210,12 @@ def test_run_real_study_end_to_end_and_resume(bert_dir, tmp_path):
     lab = next(e for e in summary["bon"] if e["variant"] == "label-0.5")
     assert len(lab["win_instr"]) == 3 and all(0 <= w[0] <= 1 for w in lab["win_instr"])
     md = (tmp_path / "study" / "study.md").read_text()
-    assert "Offline Best-of-N" in md and "|label gap| quartile" in md
+    assert "Offline Best-of-N" in md and "|label gap| quartile" in md and "Length alone" in md
+    # test pairs i = 0..7 (shift 2): chosen good[i % 4], rejected bad[(i + 1) % 4]; "longer wins" by hand
+    good, bad = ["yes great", "fine food", "great fish", "quick yes"], ["no bad", "awful water", "bad slow", "no no"]
+    by_hand = np.mean([1.0 if len(good[i % 4]) > len(bad[(i + 1) % 4]) else 0.5 if len(good[i % 4]) == len(
+        bad[(i + 1) % 4]) else 0.0 for i in range(8)])
+    assert summary["length_baseline"]["test"] == pytest.approx(by_hand)
     assert (tmp_path / "study" / "study_accuracy.png").exists() and (tmp_path / "study" / "study_bon.png").exists()
     said.clear()
     run_real_study(cfg, say=said.append, data=_toy_task(), sections=[])  # resume: nothing left to train

@@ -693,7 +693,8 @@ def run_real_study(cfg: RealStudyConfig, say: Callable[[str], None] = print, dat
                    sizes={"train": len(data.train), "validation": len(data.val), "test": len(data.test),
                           "sections": {s.name: len(s.pairs) for s in sections},
                           "pool": len(data.pool) if data.pool is not None else 0},
-                   about=TASKS[cfg.task]["about"])
+                   about=TASKS[cfg.task]["about"],
+                   length_baseline={"test": _longer_wins(data.test), **{s.name: _longer_wins(s.pairs) for s in sections}})
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     _plots(out, summary)
     md = format_real_markdown(summary)
@@ -716,6 +717,11 @@ def _check_same_config(path: Path, cfg: RealStudyConfig) -> None:
     if diff:
         raise ValueError(f"{path.parent} holds results made with other settings {diff} (before, now); use another "
                          "--out or delete the folder")
+
+
+def _longer_wins(pairs: Sequence[Pair]) -> float:
+    """Accuracy of "the longer response (characters) is preferred", ties 1/2: what length alone gets."""
+    return _accuracy(np.array([len(p.chosen) - len(p.rejected) for p in pairs], dtype=np.float64))
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -838,6 +844,9 @@ def format_real_markdown(summary: dict[str, Any]) -> str:
                      f"{'–' if bt else _ci(e['acc_vs_bt_pairs'])} | {_ci(e['val_acc'])} | "
                      f"{_ci(e['ood_mean'])} | {'–' if bt else _ci(e['ood_vs_bt'])} | {_ci(e['skewness'], 2)} | "
                      f"{e['seconds']:.1f} |")
+    if summary.get("length_baseline"):
+        lines += ["", "Length alone (the longer response wins, ties 1/2): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in summary["length_baseline"].items()) + "."]
     lines += ["", "Bold: each family's variant with the best mean validation accuracy; test numbers never choose. "
               "vs BT (seeds): paired difference, t-interval over training seeds (training noise only); vs BT (test "
               "pairs): the seed-averaged paired difference, bootstrap over test pairs (which pairs were drawn).", ""]
