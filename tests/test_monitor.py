@@ -164,6 +164,38 @@ def test_a_learning_run_at_ln2_is_not_stuck():
     assert run(MarginMonitor(), trace) == []
 
 
+# ---- slow start ----
+
+def zero_head_trace(n: int = 60) -> list[dict[str, float]]:
+    """This project's MiniLM RM at lr 2e-5 with a zero head (metrics.jsonl of that run, steps 10-50: loss
+    0.69315-0.69314, gap 4e-7 to 1e-5, grad norm 0.11): learning never visibly started in 56 steps."""
+    return [{"loss": LN2 - 3e-6, "grad_norm": 0.11, "rewards/margins": 1e-5, "rewards/accuracies": 0.5}] * n
+
+
+def test_slow_start_fires_on_the_zero_head_trace():
+    alerts = run(MarginMonitor(MonitorConfig(repeat_every=0)), zero_head_trace())
+    assert [(a.step, a.check) for a in alerts] == [(50, "slow_start")]  # steps = 50 in a row; not "stuck"
+    assert "head_init=normal" in alerts[0].message and alerts[0].values["steps"] == 50
+
+
+def test_slow_start_silent_once_the_gap_moves():
+    trace = zero_head_trace(30) + [{"loss": LN2 - 0.01, "grad_norm": 0.2, "rewards/margins": 0.05}] * 40
+    assert run(MarginMonitor(MonitorConfig(repeat_every=0)), trace) == []
+
+
+def test_slow_start_resumes_and_reads_old_checkpoints():
+    whole = run(MarginMonitor(MonitorConfig(repeat_every=0)), zero_head_trace())
+    first = MarginMonitor(MonitorConfig(repeat_every=0))
+    run(first, zero_head_trace(30))
+    state = first.state_dict()
+    second = MarginMonitor(MonitorConfig(repeat_every=0))
+    second.load_state_dict(state)
+    later = [a for step, m in enumerate(zero_head_trace(30), start=31) for a in second.observe(step, m)]
+    assert [(a.step, a.check) for a in later] == [(a.step, a.check) for a in whole]
+    del state["checks"]["slow_start"]  # a checkpoint written before the check existed
+    MarginMonitor().load_state_dict(state)
+
+
 # ---- silent on healthy runs ----
 
 @pytest.mark.parametrize("trace, expected", [(healthy_dpo_trace(), LN2),

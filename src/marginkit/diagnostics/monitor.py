@@ -9,6 +9,8 @@ prints them, appends them to `alerts.jsonl` and, for action "stop", ends the run
     first_step     step 1's loss equals its expected initial value (ln 2 for DPO with policy = reference
                    and for BT with a zero head; mean softplus(m) with margins m; per loss for IPO/hinge)
     stuck          loss at its initial value (or ln 2) with a near-zero gradient norm for k steps
+    slow_start     loss still at its initial value (or ln 2) and the reward gap still ~0 after many steps
+                   although gradients flow (a zero-initialised head with a small learning rate)
     explosion      the raw log-ratio gap (DPO) or reward gap (RM) beyond a healthy range, or growing fast,
                    while loss -> 0 and accuracy -> 1 (seed 001: 56.9, 240.7, 599.2 at steps 30, 70, 150)
     chosen_logps   log π(y_c|x) falling steadily while the gap grows (likelihood displacement)
@@ -27,7 +29,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Alert", "MarginMonitor", "MonitorConfig", "MonitorStopError", "FirstStepConfig", "StuckConfig",
+__all__ = ["Alert", "MarginMonitor", "MonitorConfig", "MonitorStopError", "FirstStepConfig", "StuckConfig", "SlowStartConfig",
            "ExplosionConfig", "ChosenLogpsConfig", "RewardScaleConfig", "MarginGapConfig", "LN2"]
 
 LN2 = math.log(2.0)
@@ -52,6 +54,16 @@ class StuckConfig:
     steps: int = field(default=10, metadata={"help": "Consecutive stuck steps before the alert."})
     loss_tolerance: float = field(default=0.005, metadata={"help": "|loss - initial| (or |loss - ln 2|) counted as 'at'."})
     max_grad_norm: float = field(default=1e-4, metadata={"help": "Gradient norm (before clipping) counted as zero."})
+    action: Action = field(default="warn", metadata={"help": _ACTION_HELP})
+
+
+@dataclass
+class SlowStartConfig:
+    enabled: bool = field(default=True, metadata={"help": "Check for a loss still at its initial value, and a reward "
+                                                  "gap still ~0, after many steps although gradients flow."})
+    steps: int = field(default=50, metadata={"help": "Consecutive such steps before the alert."})
+    loss_tolerance: float = field(default=0.005, metadata={"help": "|loss - initial| (or |loss - ln 2|) counted as 'at'."})
+    max_gap: float = field(default=0.01, metadata={"help": "|rewards/margins| (the mean reward gap) counted as ~0."})
     action: Action = field(default="warn", metadata={"help": _ACTION_HELP})
 
 
@@ -122,6 +134,7 @@ class MonitorConfig:
                                                      "(0: alert once per run)."})
     first_step: FirstStepConfig = field(default_factory=FirstStepConfig)
     stuck: StuckConfig = field(default_factory=StuckConfig)
+    slow_start: SlowStartConfig = field(default_factory=SlowStartConfig)
     explosion: ExplosionConfig = field(default_factory=ExplosionConfig)
     chosen_logps: ChosenLogpsConfig = field(default_factory=ChosenLogpsConfig)
     reward_scale: RewardScaleConfig = field(default_factory=RewardScaleConfig)
@@ -130,7 +143,8 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         if self.repeat_every < 0:
             raise ValueError(f"monitor.repeat_every={self.repeat_every}: must be >= 0")
-        windows = {"stuck.steps": self.stuck.steps, "explosion.growth_window": self.explosion.growth_window,
+        windows = {"stuck.steps": self.stuck.steps, "slow_start.steps": self.slow_start.steps,
+                   "explosion.growth_window": self.explosion.growth_window,
                    "chosen_logps.window": self.chosen_logps.window, "reward_scale.window": self.reward_scale.window}
         for key, value in windows.items():
             if value < 2:
@@ -265,6 +279,40 @@ class _Stuck:
             "at the same token for both (see the pre-flight check). Fix the cause; a higher learning rate will "
             "not help when the gradient is zero.", {"loss": m["loss"], "grad_norm": m["grad_norm"],
                                                     "steps": float(self.count)})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = state["count"]
+
+
+class _SlowStart:
+    """Loss at its start and mean reward gap ~0 for k steps while the gradient is *not* ~0 (that is `stuck`).
+    Seen in this project: MiniLM RM, zero head, lr 2e-5: 56 steps at 0.6931, gap 1e-5, then chance accuracy."""
+
+    def __init__(self, cfg: SlowStartConfig, first: _FirstStep, stuck: StuckConfig):
+        self.cfg, self.first, self.stuck = cfg, first, stuck
+        self.count = 0
+
+    def __call__(self, step: int, m: dict[str, float]) -> Finding | None:
+        if "loss" not in m or "grad_norm" not in m or "rewards/margins" not in m:
+            return None
+        anchors = [LN2] + [v for v in (self.first.first_loss, self.first.expected_value(m)) if v is not None]
+        at = any(abs(m["loss"] - v) <= self.cfg.loss_tolerance for v in anchors)
+        flat = abs(m["rewards/margins"]) <= self.cfg.max_gap and m["grad_norm"] > self.stuck.max_grad_norm
+        self.count = self.count + 1 if at and flat else 0
+        if self.count < self.cfg.steps:
+            return None
+        return (
+            f"learning has not started: for {self.count} steps the loss has stayed at {m['loss']:.4f} and the mean "
+            f"reward gap at {m['rewards/margins']:.1e}, although the gradient norm is {m['grad_norm']:.2e}. This is "
+            "not a normal ln 2 plateau. The usual cause is a zero-initialised reward head (model.head_init=zero) "
+            "with a small learning rate: Adam moves each head weight by about lr per step, and the backbone gets "
+            "almost no gradient until the head has grown (a MiniLM RM at lr 2e-5 ended one epoch at chance). Use "
+            "model.head_init=normal, a larger learning rate (or warm-up that reaches it), or more steps.",
+            {"loss": m["loss"], "reward_gap": m["rewards/margins"], "grad_norm": m["grad_norm"],
+             "steps": float(self.count)})
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": self.count}
@@ -420,6 +468,40 @@ class _MarginGap:
         self.count = state["count"]
 
 
+class _SlowStart:
+    """Loss at its start and mean reward gap ~0 for k steps while the gradient is *not* ~0 (that is `stuck`).
+    Seen in this project: MiniLM RM, zero head, lr 2e-5: 56 steps at 0.6931, gap 1e-5, then chance accuracy."""
+
+    def __init__(self, cfg: SlowStartConfig, first: _FirstStep, stuck: StuckConfig):
+        self.cfg, self.first, self.stuck = cfg, first, stuck
+        self.count = 0
+
+    def __call__(self, step: int, m: dict[str, float]) -> Finding | None:
+        if "loss" not in m or "grad_norm" not in m or "rewards/margins" not in m:
+            return None
+        anchors = [LN2] + [v for v in (self.first.first_loss, self.first.expected_value(m)) if v is not None]
+        at = any(abs(m["loss"] - v) <= self.cfg.loss_tolerance for v in anchors)
+        flat = abs(m["rewards/margins"]) <= self.cfg.max_gap and m["grad_norm"] > self.stuck.max_grad_norm
+        self.count = self.count + 1 if at and flat else 0
+        if self.count < self.cfg.steps:
+            return None
+        return (
+            f"learning has not started: for {self.count} steps the loss has stayed at {m['loss']:.4f} and the mean "
+            f"reward gap at {m['rewards/margins']:.1e}, although the gradient norm is {m['grad_norm']:.2e}. This is "
+            "not a normal ln 2 plateau. The usual cause is a zero-initialised reward head (model.head_init=zero) "
+            "with a small learning rate: Adam moves each head weight by about lr per step, and the backbone gets "
+            "almost no gradient until the head has grown (a MiniLM RM at lr 2e-5 ended one epoch at chance). Use "
+            "model.head_init=normal, a larger learning rate (or warm-up that reaches it), or more steps.",
+            {"loss": m["loss"], "reward_gap": m["rewards/margins"], "grad_norm": m["grad_norm"],
+             "steps": float(self.count)})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = state["count"]
+
+
 class MarginMonitor:
     """Stateful checks over per-step metrics, for RM and DPO runs alike.
 
@@ -439,7 +521,8 @@ class MarginMonitor:
         self.cfg = cfg or MonitorConfig()
         first = _FirstStep(self.cfg.first_step, expected_initial_loss)
         self.checks: dict[str, Any] = {
-            "first_step": first, "stuck": _Stuck(self.cfg.stuck, first), "explosion": _Explosion(self.cfg.explosion),
+            "first_step": first, "stuck": _Stuck(self.cfg.stuck, first),
+            "slow_start": _SlowStart(self.cfg.slow_start, first, self.cfg.stuck), "explosion": _Explosion(self.cfg.explosion),
             "chosen_logps": _ChosenLogps(self.cfg.chosen_logps, self.cfg.explosion),
             "reward_scale": _RewardScale(self.cfg.reward_scale), "margin_gap": _MarginGap(self.cfg.margin_gap),
         }
@@ -480,4 +563,5 @@ class MarginMonitor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_alert = dict(state["last_alert"])
         for name, check in self.checks.items():
-            check.load_state_dict(state["checks"][name])
+            if name in state["checks"]:  # a check added after the checkpoint was written starts fresh
+                check.load_state_dict(state["checks"][name])
