@@ -93,6 +93,9 @@ class RealStudyConfig:
         default="normal", metadata={"help": "finetune: the scalar head's init. Zero starts the loss at exactly ln 2 "
                                     "but, at lr 2e-5, its weights grow by ~lr a step and the encoder gets no gradient "
                                     "until they do: one epoch of UltraFeedback ended at chance (docs/study_real.md)."})
+    template: Literal["auto", "plain", "chat"] = field(
+        default="auto", metadata={"help": "finetune: data.tokenize.template of train-rm (chat: the tokenizer's chat "
+                                  "template, e.g. for SmolLM2; encoders have none)."})
     learning_rate: float = 3e-5
     epochs: int = 1
     batch_size: int = 16
@@ -576,7 +579,7 @@ def _finetune_one(ctx: _Ctx, out: Path, seed: int, margin: dict[str, Any]) -> tu
     cfg = ctx.cfg
     run_cfg = from_dict(RMRunConfig, {
         "model": {"name_or_path": str(ctx.encoder), "head_init": cfg.rm_head_init},
-        "data": {"tokenize": {"max_length": cfg.max_length}, "cache_dir": str(Path(cfg.out) / "cache")},
+        "data": {"tokenize": {"max_length": cfg.max_length, "template": cfg.template}, "cache_dir": str(Path(cfg.out) / "cache")},
         "margin": margin,
         "train": {"output_dir": str(out), "seed": seed, "learning_rate": cfg.learning_rate,
                   "batch_size": cfg.batch_size, "num_epochs": cfg.epochs, "warmup_ratio": 0.1, "weight_decay": 0.01,
