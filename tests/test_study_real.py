@@ -328,3 +328,21 @@ def test_win_bootstrap_by_hand():
     # 2 seeds x 3 instructions: outcomes (1, 0.5, 0) and (1, 0, 0) -> per instruction (1, 0.25, 0), mean 5/12
     mean, low, high = _win_bootstrap([[0.9, 0.5, 0.1], [0.9, 0.2, 0.1]], [[0.1, 0.5, 0.9], [0.1, 0.5, 0.9]], 400)
     assert mean == pytest.approx(5 / 12) and 0.0 <= low <= mean <= high <= 1.0
+
+
+def test_seeds_in_parallel_processes_give_the_same_rows(bert_dir, tmp_path):
+    base = dict(task="alpaca-eval", encoder=str(bert_dir), seeds=[0, 1], variants=["bt", "label-0.5"], max_length=16,
+                sections=[], head_epochs=2, head_batch_size=8, head_hidden=8, n_boot=20)
+    one = run_real_study(RealStudyConfig(out=str(tmp_path / "a" / "t"), **base), say=lambda _: None, data=_toy_task(),
+                         sections=[])
+    two = run_real_study(RealStudyConfig(out=str(tmp_path / "b" / "t"), jobs=2, **base), say=lambda _: None,
+                         data=_toy_task(), sections=[])
+
+    def rows(folder):
+        out = [json.loads(x) for x in (tmp_path / folder / "t" / "results.jsonl").read_text().splitlines()]
+        return sorted(((r["seed"], r["variant"]), r["acc"], r["mean_gap"]) for r in out)
+
+    a, b = rows("a"), rows("b")
+    assert [r[0] for r in a] == [r[0] for r in b] and [r[1] for r in a] == [r[1] for r in b]
+    assert [r[2] for r in a] == pytest.approx([r[2] for r in b], abs=1e-5)
+    assert [e["variant"] for e in one["bon"]] == [e["variant"] for e in two["bon"]]

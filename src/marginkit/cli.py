@@ -119,6 +119,8 @@ def _study_real(args: argparse.Namespace) -> int:
             overrides.append(f"seeds=[{args.seeds}]")
         if args.variants:
             overrides.append(f"variants=[{args.variants}]")
+        if args.jobs > 1:
+            overrides.append(f"jobs={args.jobs}")
         for key in ("backbone", "data_dir"):
             if getattr(args, key):
                 overrides.append(f"{key}={getattr(args, key)}")
@@ -391,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seeds", default="0,1,2,3,4", help="Comma-separated seeds.")
     sm.add_argument("--noises", default="0.5,1.0", help="Comma-separated label-noise levels (BT temperature).")
     sm.add_argument("--variants", default="", help="Comma-separated variant names (default: all; bt always runs).")
-    sm.add_argument("--jobs", type=int, default=1, help="(noise, seed) units trained in parallel processes.")
+    sm.add_argument("--jobs", type=int, default=1, help="Parallel processes: (noise, seed) units on the world, seeds on real tasks.")
     sm.add_argument("--task", default="world", choices=["world", "hh", "ultrafeedback", "alpaca-eval", "all"],
                     help="world: the gold-reward world; hh / ultrafeedback / alpaca-eval: real data with a "
                          "MiniLM backbone (docs/study_real.md); all: the three real tasks in turn.")

@@ -82,6 +82,7 @@ class RealStudyConfig:
     max_section_pairs: int = field(default=400, metadata={"help": "Cap per OOD section, a seeded sample (0: all)."})
     sections: list[str] = field(default_factory=lambda: ["finegrained-qa", "mt-bench-gpt4", "vicuna-gpt4"])
     ensemble_size: int = field(default=3, metadata={"help": "BT runs behind conf-ens (the seed's own + k-1)."})
+    jobs: int = field(default=1, metadata={"help": "Seeds trained in parallel processes (cores shared out)."})
     # frozen head
     head_hidden: int = 256
     head_lr: float = 1e-3
@@ -571,6 +572,21 @@ def _finetune_unit(ctx: _Ctx, seed: int, todo: Sequence[StudyVariant]) -> tuple[
     return rows, pools
 
 
+_UNITS = {"frozen": _frozen_unit, "finetune": _finetune_unit}
+
+
+def _seed_worker(cfg: RealStudyConfig, data: TaskData, sections: list[Any], encoder: Path, seed: int,
+                 names: list[str], threads: int) -> tuple[int, list[dict[str, Any]], dict[str, np.ndarray], list[str]]:
+    """One seed's runs in a worker process (`jobs` > 1); its messages come back to be printed in order."""
+    torch.set_num_threads(threads)
+    messages: list[str] = []
+    cache = FeatureCache(encoder, cfg.max_length, Path(cfg.out).parent / "cache", say=messages.append) \
+        if cfg.backbone == "frozen" else None
+    ctx = _Ctx(cfg, data, sections, encoder, cache, messages.append)
+    rows, pools = _UNITS[cfg.backbone](ctx, seed, [STUDY_VARIANTS[n] for n in names])
+    return seed, rows, pools, messages
+
+
 def _finetune_one(ctx: _Ctx, out: Path, seed: int, margin: dict[str, Any]) -> tuple[Path, list[dict[str, Any]], float]:
     from marginkit.config import RMRunConfig
     from marginkit.configlib import from_dict
@@ -680,7 +696,7 @@ def run_real_study(cfg: RealStudyConfig, say: Callable[[str], None] = print, dat
         f"{sum((s, v.name) not in done for s in cfg.seeds for v in variants)} runs to do")
     _check_same_config(out / "study_config.json", cfg)
     (out / "study_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    unit = _frozen_unit if cfg.backbone == "frozen" else _finetune_unit
+    units = []
     for seed in cfg.seeds:
         todo = [v for v in variants if (seed, v.name) not in done]
         if not todo:
@@ -688,10 +704,28 @@ def run_real_study(cfg: RealStudyConfig, say: Callable[[str], None] = print, dat
         if data.pool is not None and len(todo) < len(variants):
             todo = variants  # the Best-of-N compares every variant's picks of one seed: redo the seed whole
             _drop(results, seed, None, cfg.backbone)
-        rows, pools = unit(ctx, seed, todo)
+        units.append((seed, [v.name for v in todo]))
+
+    def finish(seed: int, rows: list[dict[str, Any]], pools: dict[str, np.ndarray]) -> None:
         _append(results, rows)
         _drop(bon_path, seed, None, cfg.backbone)
         _append(bon_path, _bon_rows(ctx, seed, pools))
+
+    if cfg.jobs <= 1 or len(units) <= 1:
+        for seed, names in units:
+            finish(seed, *_UNITS[cfg.backbone](ctx, seed, [STUDY_VARIANTS[n] for n in names]))
+    else:  # seeds in parallel processes, each with its share of the cores; features are already on disk
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+        with ProcessPoolExecutor(min(cfg.jobs, len(units))) as pool:
+            futures = [pool.submit(_seed_worker, cfg, data, sections, encoder, seed, names, threads)
+                       for seed, names in units]
+            for fut in as_completed(futures):
+                seed, rows, pools, messages = fut.result()
+                for m in messages:
+                    say(m)
+                finish(seed, rows, pools)
     rows = [r for r in _read(results) if r["backbone"] == cfg.backbone and r["seed"] in set(cfg.seeds)
             and r["variant"] in {v.name for v in variants}]
     bon = [r for r in _read(bon_path) if r["backbone"] == cfg.backbone and r["seed"] in set(cfg.seeds)]
@@ -711,7 +745,7 @@ def run_real_study(cfg: RealStudyConfig, say: Callable[[str], None] = print, dat
 
 
 # settings that may change between resumed runs of one study folder (they only add or select rows)
-_RESUMABLE = {"seeds", "variants", "out", "data_dir", "n_boot"}
+_RESUMABLE = {"seeds", "variants", "out", "data_dir", "n_boot", "jobs"}
 
 
 def _check_same_config(path: Path, cfg: RealStudyConfig) -> None:
