@@ -118,9 +118,12 @@ class ConfidenceMarginConfig:
 
 
 def batch_mean(gap: torch.Tensor, across_processes: bool = True) -> torch.Tensor:
-    """μ_B = Σ Δ_i / |B| over the micro-batch; with torch.distributed running (and `across_processes`),
-    over every process's shard of it (a sync point: one all-reduce of [Σ Δ, |B|])."""
-    stats = torch.stack([gap.sum(), torch.tensor(float(gap.numel()), dtype=gap.dtype, device=gap.device)])  # [2]
+    """μ_B = Σ Δ_i / |B| over the micro-batch, in float64; with torch.distributed running (and
+    `across_processes`), over every process's shard of it (a sync point: one all-reduce of [Σ Δ, |B|])."""
+    # float64: a float32 mean of equal gaps can land one ulp above them, and every pair would then sit
+    # "below the batch mean" (hypothesis found [a, a, a]); the sum also stops depending on the order
+    stats = torch.stack([gap.double().sum(), torch.tensor(float(gap.numel()), dtype=torch.float64,
+                                                          device=gap.device)])  # [2]
     if across_processes and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(stats)
     return stats[0] / stats[1]
@@ -212,7 +215,7 @@ class ConfidenceMargin:
         margin = torch.where(active, margin, 0.0).to(gap.dtype)  # [B]; inactive pairs: plain BT
         diagnostics = {
             "filtered_fraction": (~active).float(),  # [B]: its mean over pairs is the filtered share
-            "batch_mean_gap": mu,
+            "batch_mean_gap": mu.to(gap.dtype),
             "active_mean": margin.sum() / active.sum().clamp(min=1),
         }
         if self._std is not None:
