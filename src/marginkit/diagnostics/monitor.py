@@ -252,6 +252,18 @@ class _FirstStep:
         self.seen, self.first_loss = state["seen"], state["first_loss"]
 
 
+def _at_start(first: _FirstStep, m: dict[str, float], tolerance: float) -> list[str]:
+    """Which starting values the loss is within `tolerance` of: ln 2, the first-step loss, the expected
+    initial loss (names, for the message; empty when none)."""
+    anchors = {"ln 2": LN2}
+    if first.first_loss is not None:
+        anchors["the first-step loss"] = first.first_loss
+    expected = first.expected_value(m)
+    if expected is not None:
+        anchors["the expected initial loss"] = expected
+    return [name for name, v in anchors.items() if abs(m["loss"] - v) <= tolerance]
+
+
 class _Stuck:
     def __init__(self, cfg: StuckConfig, first: _FirstStep):
         self.cfg, self.first = cfg, first
@@ -260,13 +272,7 @@ class _Stuck:
     def __call__(self, step: int, m: dict[str, float]) -> Finding | None:
         if "loss" not in m or "grad_norm" not in m:
             return None
-        anchors = {"ln 2": LN2}
-        if self.first.first_loss is not None:
-            anchors["the first-step loss"] = self.first.first_loss
-        expected = self.first.expected_value(m)
-        if expected is not None:
-            anchors["the expected initial loss"] = expected
-        at = [name for name, v in anchors.items() if abs(m["loss"] - v) <= self.cfg.loss_tolerance]
+        at = _at_start(self.first, m, self.cfg.loss_tolerance)
         self.count = self.count + 1 if at and m["grad_norm"] <= self.cfg.max_grad_norm else 0
         if self.count < self.cfg.steps:
             return None
@@ -298,8 +304,7 @@ class _SlowStart:
     def __call__(self, step: int, m: dict[str, float]) -> Finding | None:
         if "loss" not in m or "grad_norm" not in m or "rewards/margins" not in m:
             return None
-        anchors = [LN2] + [v for v in (self.first.first_loss, self.first.expected_value(m)) if v is not None]
-        at = any(abs(m["loss"] - v) <= self.cfg.loss_tolerance for v in anchors)
+        at = _at_start(self.first, m, self.cfg.loss_tolerance)
         flat = abs(m["rewards/margins"]) <= self.cfg.max_gap and m["grad_norm"] > self.stuck.max_grad_norm
         self.count = self.count + 1 if at and flat else 0
         if self.count < self.cfg.steps:
@@ -460,40 +465,6 @@ class _MarginGap:
             "Part II'). Fixes: lower the margin scale, clip the margins, warm them up, or filter which pairs get "
             "a margin (the confidence margin's below-batch-mean filter).",
             {"margin": margin, "rewards/margins": gap, "exceeds_fraction": exceeds, "steps": float(self.count)})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.count = state["count"]
-
-
-class _SlowStart:
-    """Loss at its start and mean reward gap ~0 for k steps while the gradient is *not* ~0 (that is `stuck`).
-    Seen in this project: MiniLM RM, zero head, lr 2e-5: 56 steps at 0.6931, gap 1e-5, then chance accuracy."""
-
-    def __init__(self, cfg: SlowStartConfig, first: _FirstStep, stuck: StuckConfig):
-        self.cfg, self.first, self.stuck = cfg, first, stuck
-        self.count = 0
-
-    def __call__(self, step: int, m: dict[str, float]) -> Finding | None:
-        if "loss" not in m or "grad_norm" not in m or "rewards/margins" not in m:
-            return None
-        anchors = [LN2] + [v for v in (self.first.first_loss, self.first.expected_value(m)) if v is not None]
-        at = any(abs(m["loss"] - v) <= self.cfg.loss_tolerance for v in anchors)
-        flat = abs(m["rewards/margins"]) <= self.cfg.max_gap and m["grad_norm"] > self.stuck.max_grad_norm
-        self.count = self.count + 1 if at and flat else 0
-        if self.count < self.cfg.steps:
-            return None
-        return (
-            f"learning has not started: for {self.count} steps the loss has stayed at {m['loss']:.4f} and the mean "
-            f"reward gap at {m['rewards/margins']:.1e}, although the gradient norm is {m['grad_norm']:.2e}. This is "
-            "not a normal ln 2 plateau. The usual cause is a zero-initialised reward head (model.head_init=zero) "
-            "with a small learning rate: Adam moves each head weight by about lr per step, and the backbone gets "
-            "almost no gradient until the head has grown (a MiniLM RM at lr 2e-5 ended one epoch at chance). Use "
-            "model.head_init=normal, a larger learning rate (or warm-up that reaches it), or more steps.",
-            {"loss": m["loss"], "reward_gap": m["rewards/margins"], "grad_norm": m["grad_norm"],
-             "steps": float(self.count)})
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": self.count}

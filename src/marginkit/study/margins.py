@@ -280,7 +280,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 def _append(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("a") as f:
         for r in rows:
-            f.write(json.dumps(r) + "\n")
+            f.write(json.dumps(r, default=float) + "\n")  # numpy scalars as floats
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -52,7 +52,8 @@ import torch
 from torch import nn
 
 from marginkit.data.schema import Pair, prompt_text
-from marginkit.study.margins import STUDY_VARIANTS, StudyVariant, _ci, _fill, t_interval
+from marginkit.study.margins import STUDY_VARIANTS, StudyVariant, _append, _ci, _fill, t_interval
+from marginkit.study.margins import _read_rows as _read
 
 __all__ = ["RealStudyConfig", "TASKS", "REAL_SIZES", "sized_config", "TaskData", "load_task", "FeatureCache", "RewardHead", "train_head",
            "tune_head", "run_real_study", "summarize_real", "format_real_markdown", "default_data_dir"]
@@ -764,18 +765,6 @@ def _check_same_config(path: Path, cfg: RealStudyConfig) -> None:
 def _longer_wins(pairs: Sequence[Pair]) -> float:
     """Accuracy of "the longer response (characters) is preferred", ties 1/2: what length alone gets."""
     return _accuracy(np.array([len(p.chosen) - len(p.rejected) for p in pairs], dtype=np.float64))
-
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("a") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=float) + "\n")
 
 
 def _drop(path: Path, seed: int, variant: str | None, backbone: str) -> None:
