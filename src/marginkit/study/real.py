@@ -369,19 +369,15 @@ class RewardHead(nn.Module):
 
 def head_step(head: RewardHead, xc: torch.Tensor, xr: torch.Tensor, labels: dict[str, torch.Tensor],
               index: torch.Tensor, strategy: Any, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """rm_step on a frozen-feature head: rewards -> detached gaps -> strategy's margins -> BT loss (mean).
-    Returns (loss, target margins [B])."""
+    """rm_step on a frozen-feature head: rewards -> the strategy's target margins (rm_step's own
+    `target_margins`) -> BT loss (mean). Returns (loss, target margins [B])."""
     from marginkit.losses import bt_loss
-    from marginkit.margins import MarginInputs, check_margin_shape
+    from marginkit.train.rm_step import target_margins
 
     rewards, hidden = head(torch.cat([xc, xr]))  # [2B], [2B, H]
     chosen, rejected = rewards.chunk(2)
-    gap = (chosen - rejected).detach()  # [B]
-    emb_c, emb_r = hidden.detach().chunk(2)  # [B, H] x 2
-    margins = strategy(MarginInputs(gap, labels["label_margin"], labels["score_gap"], labels["gold_gap"], step,
-                                    emb_c, emb_r, index))
-    check_margin_shape(margins.target_margin, gap, type(strategy).__name__)
-    target = torch.where(margins.active, margins.target_margin, 0.0).detach()  # [B]
+    emb_c, emb_r = hidden.detach().chunk(2)  # [B, H] x 2: OT's "hidden" embeddings
+    target, _ = target_margins(strategy, chosen, rejected, {**labels, "index": index}, step, emb_c, emb_r)
     return bt_loss(chosen, rejected, target).losses.mean(), target
 
 
@@ -501,18 +497,23 @@ def _frozen_unit(ctx: _Ctx, seed: int, todo: Sequence[StudyVariant]) -> tuple[li
             bt_heads[k] = train_head(cfg, xc, xr, data.train, {"name": "none"}, seed + 1000 * k)[0]
         return bt_heads[k]
 
+    # the held-out features, gathered once per seed rather than once per variant
+    held_out = {id(pairs): cache.pairs(pairs) for pairs in [data.test, data.val] + [s.pairs for s in ctx.sections]}
+    pool = data.pool
+    pool_feats = None if pool is None else cache.get(
+        [inst for inst, row in zip(pool.instructions, pool.responses) for _ in row],
+        [r for row in pool.responses for r in row])
+
     def gaps_of(head: RewardHead) -> Callable[[list[Pair]], np.ndarray]:
-        return lambda pairs: head_gaps(head, *cache.pairs(pairs))
+        return lambda pairs: head_gaps(head, *held_out[id(pairs)])
 
     def pool_of(head: RewardHead) -> Callable[[], np.ndarray] | None:
-        if data.pool is None:
+        if pool is None:
             return None
-        pool = data.pool
-        prompts = [inst for inst, row in zip(pool.instructions, pool.responses) for _ in row]
-        responses = [r for row in pool.responses for r in row]
+
         def scores() -> np.ndarray:
             with torch.no_grad():
-                return head(cache.get(prompts, responses))[0].double().numpy().reshape(len(pool), pool.k)
+                return head(pool_feats)[0].double().numpy().reshape(len(pool), pool.k)
 
         return scores
 

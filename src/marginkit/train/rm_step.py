@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from marginkit.losses import bt_loss, centering_penalty
-from marginkit.margins import MarginInputs, MarginStrategy, check_margin_shape
+from marginkit.margins import MarginInputs, Margins, MarginStrategy, check_margin_shape
 from marginkit.models.packing import score_pairs
 
-__all__ = ["StepOutput", "rm_step"]
+__all__ = ["StepOutput", "rm_step", "target_margins"]
 
 
 @dataclass
@@ -26,6 +26,25 @@ class StepOutput:
     loss_sum: torch.Tensor
     terms: dict[str, torch.Tensor]
     stats: dict[str, torch.Tensor]
+
+
+def target_margins(
+    margin_fn: MarginStrategy,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    step: int,
+    emb_c: torch.Tensor | None = None,
+    emb_r: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Margins]:
+    """The strategy's target margin m [B] for rewards chosen/rejected [B] (detached; inactive pairs get 0,
+    i.e. plain BT) and the strategy's raw output. `batch` holds label_margin, score_gap, gold_gap [B] and
+    optionally index [B]. Shared by rm_step and the real-data study's frozen-feature head."""
+    reward_gap = (chosen - rejected).detach()  # [B]
+    margins = margin_fn(MarginInputs(reward_gap, batch["label_margin"], batch["score_gap"], batch["gold_gap"],
+                                     step, emb_c, emb_r, batch.get("index")))
+    check_margin_shape(margins.target_margin, reward_gap, type(margin_fn).__name__)
+    return torch.where(margins.active, margins.target_margin, 0.0).detach(), margins
 
 
 def rm_step(
@@ -41,10 +60,7 @@ def rm_step(
     chosen, rejected = rewards.chunk(2)  # [2B] -> [B], [B]
     reward_gap = (chosen - rejected).detach()  # [B]
     emb_c, emb_r = hidden.chunk(2) if hidden is not None else (None, None)  # [2B, D] -> [B, D] x 2
-    margins = margin_fn(MarginInputs(reward_gap, batch["label_margin"], batch["score_gap"], batch["gold_gap"],
-                                     step, emb_c, emb_r, batch.get("index")))
-    check_margin_shape(margins.target_margin, reward_gap, type(margin_fn).__name__)
-    target_margin = torch.where(margins.active, margins.target_margin, 0.0).detach()  # [B]; inactive pairs: plain BT
+    target_margin, margins = target_margins(margin_fn, chosen, rejected, batch, step, emb_c, emb_r)  # [B]
     bt = bt_loss(chosen, rejected, target_margin).losses  # [B]
     center = center_coef * centering_penalty(chosen, rejected) if center_coef else torch.zeros_like(bt)  # [B]
     per_pair_loss = bt + center  # [B]
