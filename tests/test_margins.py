@@ -84,3 +84,26 @@ def test_unknown_strategy_lists_registry():
     spec.name = "magic"  # bypass Literal typing on purpose
     with pytest.raises(ValueError, match="known"):
         build_margin(spec)
+
+
+def test_target_margins_zero_inactive_pairs_and_pass_the_batch():
+    """rm_step.target_margins (shared by rm_step and the study's frozen head): m is 0 wherever the
+    strategy marks a pair inactive, whatever value it returned there; the strategy sees Δ, labels, index."""
+    from marginkit.margins import Margins
+    from marginkit.train.rm_step import target_margins
+
+    seen = {}
+
+    class Stub:
+        needs = frozenset()
+
+        def __call__(self, inputs):
+            seen.update(gap=inputs.reward_gap.tolist(), index=inputs.index.tolist(), score=inputs.score_gap.tolist())
+            return Margins(torch.tensor([2.0, 3.0, 4.0]), torch.tensor([True, False, True]))
+
+    chosen, rejected = torch.tensor([1.0, 0.5, 0.0], requires_grad=True), torch.tensor([0.0, 0.5, 1.0])
+    batch = {"label_margin": torch.full((3,), float("nan")), "score_gap": torch.tensor([1.0, 2.0, 3.0]),
+             "gold_gap": torch.full((3,), float("nan")), "index": torch.tensor([7, 8, 9])}
+    m, _ = target_margins(Stub(), chosen, rejected, batch, step=0)
+    assert m.tolist() == [2.0, 0.0, 4.0] and not m.requires_grad
+    assert seen == {"gap": [1.0, 0.0, -1.0], "index": [7, 8, 9], "score": [1.0, 2.0, 3.0]}

@@ -181,6 +181,9 @@ def test_slow_start_fires_on_the_zero_head_trace():
 def test_slow_start_silent_once_the_gap_moves():
     trace = zero_head_trace(30) + [{"loss": LN2 - 0.01, "grad_norm": 0.2, "rewards/margins": 0.05}] * 40
     assert run(MarginMonitor(MonitorConfig(repeat_every=0)), trace) == []
+    # the loss still within 0.005 of ln 2 but the mean gap already 0.05 (> max_gap 0.01): it has started
+    trace = zero_head_trace(30) + [{"loss": LN2 - 0.002, "grad_norm": 0.2, "rewards/margins": 0.05}] * 40
+    assert run(MarginMonitor(MonitorConfig(repeat_every=0)), trace) == []
 
 
 def test_slow_start_resumes_and_reads_old_checkpoints():
