@@ -4,8 +4,17 @@ from pathlib import Path
 
 import pytest
 import transformers
+from hypothesis import HealthCheck, settings
 
 from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
+
+# One Hypothesis profile for everyone, loaded here so a newcomer's `bash scripts/test.sh` draws exactly
+# the examples CI draws: derandomized (examples follow from the test itself, not from a random seed)
+# and no example database (a local .hypothesis/ folder would replay different failures on each
+# machine). A failing example found while developing is pinned with @example in its test.
+settings.register_profile("marginkit", derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("marginkit")
 
 WORDS = ("please help me choose a good answer the question is about cats dogs birds fish food water "
          "yes no maybe great fine bad awful ok short long quick slow").split()
