@@ -351,7 +351,7 @@ def test_train_with_ot_margin_first_loss_is_mean_softplus_of_the_margins(world_s
     assert rows[0]["loss"] > math.log(2) + 0.05  # the margin is in the loss, not plain BT's ln 2
 
 
-def test_train_with_external_encoder_margin(world_setup, tmp_path):
+def test_train_with_external_encoder_margin_first_loss_is_mean_softplus_of_the_margins(world_setup, tmp_path):
     from transformers import BertConfig, BertModel
 
     pairs, model_dir, tokenizer = world_setup
@@ -361,9 +361,18 @@ def test_train_with_external_encoder_margin(world_setup, tmp_path):
                          intermediate_size=32, max_position_embeddings=128)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     spec = MarginSpec(name="ot", ot=OTMarginConfig(embeddings="external", encoder=str(folder)))
-    cfg = run_config(model_dir, tmp_path / "run", margin=spec, batch_size=4, max_steps=2)
+    cfg = run_config(model_dir, tmp_path / "run", head_init="zero", margin=spec, batch_size=8, num_epochs=2,
+                     max_steps=2)
     cfg.data.cache_dir = str(tmp_path / "cache")
     rows = [r for r in train(cfg, pairs).history if "loss" in r]
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
-    assert rows[0]["target_margins/mean"] > 0
     assert len(list((tmp_path / "cache" / "ot_embeddings").glob("*.pt"))) == 1
+
+    # Step 1 by hand: the zero head gives Δ = 0, so each pair's loss is softplus(m_i), with m from the encoder's
+    # embeddings of the responses (not the RM's hidden states); all 8 pairs are in the batch, in some order.
+    emb = ot_module.encode_texts([p.chosen for p in pairs] + [p.rejected for p in pairs], folder)  # [16, 16]
+    margins = OTMargin(OTMarginConfig())(inputs(torch.zeros(8), emb[:8], emb[8:])).target_margin
+    assert (margins > 0).all()
+    assert_close(torch.tensor(rows[0]["target_margins/mean"]), margins.mean(), atol=1e-5, rtol=1e-5)
+    assert_close(torch.tensor(rows[0]["loss"]), torch.nn.functional.softplus(margins).mean(), atol=1e-5, rtol=1e-5)
+    assert rows[0]["loss"] > math.log(2) + 0.05  # the margin is in the loss, not plain BT's ln 2
