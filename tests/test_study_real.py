@@ -1,4 +1,4 @@
-"""The real-data margin study (study/real.py): the frozen-feature head, its cache, the summary maths,
+"""The real-data margin study (study/real/): the frozen-feature head, its cache, the summary maths,
 an end-to-end run on hand-made data with a judged pool, and the real tasks' splits.
 
 Hand-made parts use a 1-layer random BERT over a word vocabulary, so nothing here needs a hub or the
@@ -311,22 +311,22 @@ def test_tune_head_ranks_by_validation(bert_dir, tmp_path):
 
 
 def test_paired_test_pair_bootstrap_by_hand():
-    from marginkit.study.real import _paired_pair_bootstrap
+    from marginkit.study.real import paired_pair_bootstrap
 
     bt = [{"test_correct": [1, 0, 1, 0]}, {"test_correct": [1, 1, 0, 0]}]
     var = [{"test_correct": [1, 1, 1, 0]}, {"test_correct": [1, 1, 0, 1]}]
     # per-seed differences (0, 1, 0, 0) and (0, 0, 0, 1): seed-averaged d = (0, 0.5, 0, 0.5), mean 0.25
-    mean, low, high = _paired_pair_bootstrap(var, bt, n_boot=500)
+    mean, low, high = paired_pair_bootstrap(var, bt, n_boot=500)
     assert mean == 0.25 and 0.0 <= low < 0.25 < high <= 0.5
-    assert _paired_pair_bootstrap(var, bt, n_boot=500) == (mean, low, high)  # seeded
-    assert all(math.isnan(v) for v in _paired_pair_bootstrap(var, bt[:1], n_boot=10))
+    assert paired_pair_bootstrap(var, bt, n_boot=500) == (mean, low, high)  # seeded
+    assert all(math.isnan(v) for v in paired_pair_bootstrap(var, bt[:1], n_boot=10))
 
 
 def test_win_bootstrap_by_hand():
-    from marginkit.study.real import _win_bootstrap
+    from marginkit.study.real import win_bootstrap
 
     # 2 seeds x 3 instructions: outcomes (1, 0.5, 0) and (1, 0, 0) -> per instruction (1, 0.25, 0), mean 5/12
-    mean, low, high = _win_bootstrap([[0.9, 0.5, 0.1], [0.9, 0.2, 0.1]], [[0.1, 0.5, 0.9], [0.1, 0.5, 0.9]], 400)
+    mean, low, high = win_bootstrap([[0.9, 0.5, 0.1], [0.9, 0.2, 0.1]], [[0.1, 0.5, 0.9], [0.1, 0.5, 0.9]], 400)
     assert mean == pytest.approx(5 / 12) and 0.0 <= low <= mean <= high <= 1.0
 
 
