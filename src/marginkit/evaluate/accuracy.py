@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-__all__ = ["pair_outcomes", "pairwise_accuracy"]
+__all__ = ["gold_oriented_gap", "pair_outcomes", "pairwise_accuracy"]
 
 GapT = TypeVar("GapT", torch.Tensor, np.ndarray)
 
@@ -46,3 +46,17 @@ def pairwise_accuracy(reward_gap: torch.Tensor | np.ndarray) -> float:
     if outcomes.ndim != 1 or outcomes.shape[0] == 0:
         raise ValueError(f"pairwise_accuracy: reward_gap must be a non-empty [B] vector; got shape {tuple(outcomes.shape)}")
     return float(outcomes.mean())
+
+
+def gold_oriented_gap(reward_gap: np.ndarray, gold_gap: np.ndarray) -> np.ndarray:
+    """Δ · sign(Δ*) over the pairs with a known, non-zero true gap Δ* [B] (gold-reward worlds). Returns [B'].
+
+    Accuracy against the true preference is the same rule on this gap: positive where the model agrees
+    with the truth, 0 on a model tie (counts 1/2). Pairs with Δ* = 0 (no true preference) or NaN (no gold
+    reward) are left out. Example: Δ = [1, -2, 0, 3], Δ* = [-1, -1, 2, 0] -> [-1, 2, 0].
+    """
+    gap, gold = np.asarray(reward_gap, dtype=np.float64), np.asarray(gold_gap, dtype=np.float64)
+    if gap.shape != gold.shape or gap.ndim != 1:
+        raise ValueError(f"gold_oriented_gap: reward_gap and gold_gap must both be [B]; got {gap.shape}, {gold.shape}")
+    known = np.isfinite(gold) & (gold != 0)
+    return gap[known] * np.sign(gold[known])

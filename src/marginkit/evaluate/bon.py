@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from marginkit.evaluate.accuracy import pair_outcomes
 from marginkit.evaluate.metrics import bootstrap_ci
 
 __all__ = [
@@ -102,13 +103,15 @@ def picked(values: ArrayLike, picks: ArrayLike) -> np.ndarray:
 def win_outcomes(judge_a: ArrayLike, judge_b: ArrayLike) -> np.ndarray:
     """[P] outcome of A's pick against B's pick per prompt: 1 (A better), 0.5 (tie), 0 (B better).
 
-    judge_a, judge_b: [P] the judge's rewards of the two picks. A tie is exact equality, which is
-    what the same sample (or the same text) gets from a deterministic judge.
+    judge_a, judge_b: [P] the judge's rewards of the two picks. The outcome is the pairwise-accuracy
+    rule (evaluate/accuracy.py) on their difference judge_a - judge_b. A tie is exact equality (for
+    finite floats a - b == 0 exactly when a == b), which is what the same sample (or the same text)
+    gets from a deterministic judge.
     """
     a, b = np.asarray(judge_a, dtype=np.float64), np.asarray(judge_b, dtype=np.float64)
     if a.ndim != 1 or a.shape != b.shape or a.size == 0:
         raise ValueError(f"judge_a, judge_b: need two [P] arrays of the same length >= 1, got {a.shape}, {b.shape}")
-    return (a > b) + 0.5 * (a == b)
+    return pair_outcomes(a - b)
 
 
 def win_rate(outcomes: ArrayLike) -> float:

@@ -6,8 +6,8 @@ A DPO policy is a reward model in disguise: r(x, y) = β (log π_θ(y|x) - log �
 reference (a model, or the precomputed artefact), so its numbers are the numbers training logs. The
 report adds what an RM evaluation has: accuracy with a bootstrap interval, the gap distribution,
 accuracy by |gap| bucket, agreement with the true preference on gold-reward data, the worst pairs.
-Accuracy in the report counts ties as ½ (evaluate/metrics.py); the training log counts r_c > r_r
-only (TRL's `rewards/accuracies`), which differs only on exact ties.
+Every accuracy here, `rewards/accuracies` included, counts ties as ½ (evaluate/accuracy.py), as RM
+evaluation and training do; TRL counts ties 0, which differs only on exact ties.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from marginkit.data.ledger import Ledger
 from marginkit.data.schema import Pair, prompt_text
 from marginkit.data.tokenize import EncodedPair, TokenizeConfig, encode_pairs
 from marginkit.evaluate import metrics as M
+from marginkit.evaluate.accuracy import gold_oriented_gap
+from marginkit.evaluate.rm_eval import reward_metrics
 from marginkit.losses.dpo import DPOLoss, PreferenceLogps
 from marginkit.models.logprobs import forward_logps
 
@@ -95,19 +97,13 @@ def score_preferences(model: nn.Module, encoded: Sequence[EncodedPair], pad_id: 
 
 def eval_metrics(s: PreferenceScores, prefix: str = "") -> dict[str, float]:
     """The training log's metrics over scored pairs (docs/dpo.md), with `prefix` (eval_ during training)."""
-    gap = s.reward_gap
-    out = {"loss": float(np.logaddexp(0.0, -gap).mean()),  # -log σ(r_c - r_r): comparable across losses
-           "rewards/accuracies": float((gap > 0).mean()), "rewards/margins": float(gap.mean()),
-           "rewards/chosen": float(s.chosen_rewards.mean()), "rewards/rejected": float(s.rejected_rewards.mean()),
-           "logps/chosen": float(s.policy_chosen.mean()), "logps/rejected": float(s.policy_rejected.mean()),
-           "logratios/gap_raw": float(s.raw_gap.mean())}
+    # loss, rewards/{accuracies,margins,chosen,rejected,gold_accuracies}: the RM evaluation's definitions
+    out = reward_metrics(s.chosen_rewards, s.rejected_rewards, s.gold_gap)
+    out.update({"logps/chosen": float(s.policy_chosen.mean()), "logps/rejected": float(s.policy_rejected.mean()),
+                "logratios/gap_raw": float(s.raw_gap.mean())})
     if s.reference_chosen is not None and s.reference_rejected is not None:
         out["kl/implicit"] = float((0.5 * ((s.reference_chosen - s.policy_chosen)
                                            + (s.reference_rejected - s.policy_rejected))).mean())
-    known = np.isfinite(s.gold_gap) & (s.gold_gap != 0)  # gold-reward worlds; true ties left out
-    if known.any():
-        agree = np.sign(gap[known]) == np.sign(s.gold_gap[known])
-        out["rewards/gold_accuracies"] = float((agree + 0.5 * (gap[known] == 0)).mean())
     return {prefix + k: v for k, v in out.items()}
 
 
@@ -142,7 +138,7 @@ def evaluate_policy_pairs(model: nn.Module, tokenizer: Any, pairs: list[Pair], t
     s = score_preferences(model, encoded, tokenizer.pad_token_id, padding_side, loss_fn, reference, batch_size,
                           chunk_size, progress=progress)
     gap, gold = s.reward_gap, s.gold_gap
-    decided = np.isfinite(gold) & (gold != 0)
+    oriented = gold_oriented_gap(gap, gold)  # [#pairs with a known true preference]
     kept = [pairs[e.index] for e in encoded]
     worst = [{"id": kept[i].id, "index": int(encoded[i].index), "reward_gap": float(gap[i]),
               "prompt": prompt_text(kept[i].prompt)[-200:], "chosen": kept[i].chosen[:200],
@@ -150,7 +146,7 @@ def evaluate_policy_pairs(model: nn.Module, tokenizer: Any, pairs: list[Pair], t
     return DPOEvalReport(
         n_pairs=len(encoded), loss_name=loss_fn.name, beta=loss_fn.beta,
         accuracy=M.accuracy_with_ci(gap, n_boot=n_boot),
-        gold_accuracy=M.accuracy_with_ci(np.where(gold > 0, gap, -gap)[decided], n_boot=n_boot) if decided.any() else None,
+        gold_accuracy=M.accuracy_with_ci(oriented, n_boot=n_boot) if oriented.size else None,
         gold=M.gold_agreement(gap, gold) if np.isfinite(gold).all() and len(gold) else None,
         by_abs_gap=M.accuracy_by_bucket(gap, np.abs(gap), 4), distribution=M.gap_distribution(gap),
         metrics=eval_metrics(s), worst=worst, ledger=ledger.to_dict(), gaps=gap)

@@ -2,7 +2,8 @@
 
 Pure numpy over per-pair arrays (no torch, no model). B = pairs. The main input is the reward
 gap Δ = r_chosen - r_rejected [B]; a pair is ranked correctly when Δ > 0, and a tie (Δ == 0)
-counts 1/2 (the expected accuracy of breaking the tie by a coin flip).
+counts 1/2 (the expected accuracy of breaking the tie by a coin flip): the one rule of
+evaluate/accuracy.py, which every accuracy here goes through.
 
 Results are small frozen dataclasses; `.to_dict()` gives plain JSON-serialisable values
 (floats, ints, bools, lists, None). `None` marks a value that is undefined for the input, such
@@ -21,6 +22,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from marginkit.evaluate import accuracy as _accuracy
+from marginkit.evaluate.accuracy import gold_oriented_gap, pair_outcomes
 
 __all__ = [
     "Bucket",
@@ -105,11 +109,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _pair_scores(gap: np.ndarray) -> np.ndarray:
-    """Per-pair correctness [B]: 1 if Δ > 0, 1/2 if Δ == 0, 0 if Δ < 0."""
-    return np.where(gap > 0, 1.0, np.where(gap == 0, 0.5, 0.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,10 +334,11 @@ def spearman(x: ArrayLike, y: ArrayLike) -> float | None:
 def pairwise_accuracy(reward_gap: ArrayLike) -> float:
     """Fraction of pairs ranked correctly: (#{Δ > 0} + ½ #{Δ = 0}) / B. reward_gap: [B].
 
+    `evaluate.accuracy.pairwise_accuracy` after this module's input checks (1-D, non-empty, finite).
+
     Example: Δ = [1, -2, 0, 3] gives (2 + ½) / 4 = 0.625. accuracy(Δ) + accuracy(-Δ) = 1.
     """
-    gap = _vector("reward_gap", reward_gap)
-    return float(np.mean(_pair_scores(gap)))
+    return _accuracy.pairwise_accuracy(_vector("reward_gap", reward_gap))
 
 
 def bootstrap_ci(
@@ -373,7 +373,7 @@ def accuracy_with_ci(
     reward_gap: ArrayLike, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> Estimate:
     """Pairwise accuracy (ties ½) with a percentile-bootstrap interval over pairs. reward_gap: [B]."""
-    scores = _pair_scores(_vector("reward_gap", reward_gap))
+    scores = pair_outcomes(_vector("reward_gap", reward_gap))
     low, high = bootstrap_ci(scores, np.mean, n_boot=n_boot, level=level, seed=seed)
     return Estimate(value=float(scores.mean()), low=low, high=high, n=int(scores.size), level=float(level))
 
@@ -422,7 +422,7 @@ def accuracy_by_bucket(
             lo=float(edges[i]),
             hi=float(edges[i + 1]),
             n=int(np.sum(index == i)),
-            accuracy=float(np.mean(_pair_scores(gap[index == i]))),
+            accuracy=_accuracy.pairwise_accuracy(gap[index == i]),
         )
         for i in range(edges.size - 1)
     )
@@ -577,7 +577,7 @@ def length_baseline(
     """
     lc, lr = _vector("len_chosen", len_chosen), _vector("len_rejected", len_rejected)
     _same_length(len_chosen=lc, len_rejected=lr)
-    accuracy = float(np.mean(_pair_scores(lc - lr)))
+    accuracy = _accuracy.pairwise_accuracy(lc - lr)
     if (chosen_rewards is None) != (rejected_rewards is None):
         raise ValueError("pass both chosen_rewards and rejected_rewards, or neither")
     if chosen_rewards is None or rejected_rewards is None:
@@ -632,7 +632,8 @@ def gold_agreement(reward_gap: ArrayLike, gold_gap: ArrayLike) -> GoldAgreement:
     gap, gold = _vector("reward_gap", reward_gap), _vector("gold_gap", gold_gap)
     _same_length(reward_gap=gap, gold_gap=gold)
     decided = gold != 0
-    accuracy = float(np.mean(_pair_scores(gap[decided] * np.sign(gold[decided])))) if decided.any() else None
+    oriented = gold_oriented_gap(gap, gold)  # [#decided]
+    accuracy = _accuracy.pairwise_accuracy(oriented) if oriented.size else None
     return GoldAgreement(
         accuracy_vs_true=accuracy,
         pearson=pearson(gap, gold),

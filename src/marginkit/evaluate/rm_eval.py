@@ -19,9 +19,10 @@ from marginkit.data.ledger import Ledger
 from marginkit.data.schema import Pair, prompt_text
 from marginkit.data.tokenize import TokenizeConfig, encode_pairs
 from marginkit.evaluate import metrics as M
+from marginkit.evaluate.accuracy import gold_oriented_gap, pairwise_accuracy
 from marginkit.evaluate.scorer import score_encoded, swap_encoded
 
-__all__ = ["EvalConfig", "RMEvalReport", "evaluate_pairs", "evaluate_rm_dir", "format_report", "write_report"]
+__all__ = ["EvalConfig", "RMEvalReport", "reward_metrics", "evaluate_pairs", "evaluate_rm_dir", "format_report", "write_report"]
 
 
 @dataclass
@@ -59,6 +60,26 @@ class RMEvalReport:
         return out
 
 
+def reward_metrics(chosen_rewards: np.ndarray, rejected_rewards: np.ndarray, gold_gap: np.ndarray | None = None,
+                   prefix: str = "") -> dict[str, float]:
+    """The evaluation metrics RM and DPO runs log under TRL's names, over scored pairs. All inputs: [B], B >= 1.
+
+    loss = mean -log σ(Δ) (BT without margin: comparable across strategies and losses); `rewards/accuracies`
+    = pairwise accuracy with ties 1/2 (evaluate/accuracy.py); `rewards/margins` = mean Δ; `rewards/chosen`,
+    `rewards/rejected` = mean rewards. Where some gold gaps are known and non-zero (gold-reward worlds),
+    `rewards/gold_accuracies` = the same rule on Δ oriented by the true preference (true ties left out).
+    `prefix` is prepended to every key (eval_ during training).
+    """
+    c, r = np.asarray(chosen_rewards, dtype=np.float64), np.asarray(rejected_rewards, dtype=np.float64)
+    gap = c - r  # [B]
+    out = {"loss": float(np.logaddexp(0.0, -gap).mean()), "rewards/accuracies": pairwise_accuracy(gap),
+           "rewards/margins": float(gap.mean()), "rewards/chosen": float(c.mean()), "rewards/rejected": float(r.mean())}
+    oriented = gold_oriented_gap(gap, gold_gap) if gold_gap is not None else np.zeros(0)
+    if oriented.size:
+        out["rewards/gold_accuracies"] = pairwise_accuracy(oriented)
+    return {prefix + k: v for k, v in out.items()}
+
+
 def evaluate_pairs(model: Any, tokenizer: Any, pairs: list[Pair], tokenize: TokenizeConfig, padding_side: str,
                    encoder: bool, cfg: EvalConfig | None = None, progress: bool = False) -> RMEvalReport:
     """Score `pairs` with (model, tokenizer) and build the report."""
@@ -85,16 +106,15 @@ def evaluate_pairs(model: Any, tokenizer: Any, pairs: list[Pair], tokenize: Toke
               "prompt": prompt_text(kept[i].prompt)[-200:], "chosen": kept[i].chosen[:200],
               "rejected": kept[i].rejected[:200]} for i in M.worst_pairs(gap, min(cfg.worst_k, len(gap)))]
     true_pref = np.where(gold_gap > 0, 1.0, 0.0) if has_gold else None
+    oriented = gold_oriented_gap(gap, gold_gap) if has_gold else np.zeros(0)  # [#pairs with a true preference]
     return RMEvalReport(
         n_pairs=len(encoded),
         accuracy=M.accuracy_with_ci(gap, n_boot=cfg.n_boot),
         by_abs_gap=M.accuracy_by_bucket(gap, np.abs(gap), cfg.n_buckets),
         by_label=M.accuracy_by_bucket(gap, np.abs(label), cfg.n_buckets) if np.isfinite(label).any() else None,
-        by_gold=M.accuracy_by_bucket(np.where(gold_gap > 0, gap, -gap)[gold_gap != 0], np.abs(gold_gap[gold_gap != 0]),
-                                     cfg.n_buckets) if has_gold and (gold_gap != 0).any() else None,
+        by_gold=M.accuracy_by_bucket(oriented, np.abs(gold_gap[gold_gap != 0]), cfg.n_buckets) if oriented.size else None,
         gold=M.gold_agreement(gap, gold_gap) if has_gold else None,
-        gold_accuracy=M.accuracy_with_ci(np.where(gold_gap > 0, gap, -gap)[gold_gap != 0], n_boot=cfg.n_boot)
-        if has_gold and (gold_gap != 0).any() else None,
+        gold_accuracy=M.accuracy_with_ci(oriented, n_boot=cfg.n_boot) if oriented.size else None,
         distribution=M.gap_distribution(gap),
         calibration=M.calibration(gap, true_pref) if true_pref is not None else M.calibration(gap),
         length=M.length_baseline(len_c, len_r, c, r),

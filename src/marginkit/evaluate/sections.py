@@ -42,6 +42,7 @@ import numpy as np
 from marginkit.data.ledger import Ledger
 from marginkit.data.schema import Pair
 from marginkit.evaluate import metrics as M
+from marginkit.evaluate.accuracy import pair_outcomes
 
 __all__ = ["Section", "SectionSpec", "BUILTIN_SECTIONS", "build_section", "builtin_sections", "parse_section_spec",
            "load_section_specs", "pair_items", "section_gaps", "SectionResult", "SectionsReport", "sections_report",
@@ -203,7 +204,7 @@ def sections_report(gaps: Mapping[str, np.ndarray], labels: Mapping[str, np.ndar
         if key is not None and np.isfinite(key).any():
             by_label = M.accuracy_by_bucket(g, np.abs(key), n_buckets)
         results.append(SectionResult(name, acc, by_label))
-        scores.append((g > 0) + 0.5 * (g == 0))
+        scores.append(pair_outcomes(g))  # [B_s]: 1, 1/2, 0
     mean = float(np.mean([s.mean() for s in scores]))
     rng = np.random.default_rng(seed)
     reps = np.empty(n_boot)
