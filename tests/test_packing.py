@@ -1,6 +1,6 @@
 """Padding-free packing (models/packing.py): the layout by hand, and packed rewards, log-probs and gradients
-equal to the padded forward for GPT-NeoX and Llama, either padding side, ragged lengths; a packed training
-run equals a padded one."""
+equal to the padded forward for GPT-NeoX and Llama, either padding side, ragged lengths; a packed (and a
+prefix-shared) training run equals a padded one."""
 
 from __future__ import annotations
 
@@ -326,23 +326,29 @@ def test_compile_blocks_in_place(model_dirs):
     torch.testing.assert_close(after, before)
 
 
-# ---- training: packed equals padded ----
+# ---- training: packed and prefix-shared runs equal a padded one ----
 
-def test_packed_training_equals_padded(tiny_model_dir, word_tokenizer, tmp_path, monkeypatch):
-    import marginkit.models.packing as packing
+@pytest.mark.parametrize("forward, module, function, side", [
+    ("packed", "marginkit.models.packing", "packed_rewards", "right"),
+    ("prefix_shared", "marginkit.models.prefix_share", "prefix_shared_rewards", "left"),
+])
+def test_layout_training_equals_padded(tiny_model_dir, word_tokenizer, tmp_path, monkeypatch, forward, module,
+                                       function, side):
+    import importlib
 
+    fast = importlib.import_module(module)
     calls = []
-    real = packing.packed_rewards
-    monkeypatch.setattr(packing, "packed_rewards", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = getattr(fast, function)
+    monkeypatch.setattr(fast, function, lambda *a, **k: calls.append(1) or real(*a, **k))
     pairs = make_pairs(vocab_words(word_tokenizer), 12)
     losses = {}
     with one_torch_thread():
-        for forward in ("padded", "packed"):
-            cfg = run_config(tiny_model_dir, tmp_path / forward, batch_size=4, forward=forward)
-            losses[forward] = [row["loss"] for row in train(cfg, pairs).history if "loss" in row]
+        for layout in ("padded", forward):
+            cfg = run_config(tiny_model_dir, tmp_path / layout, batch_size=4, padding_side=side, forward=layout)
+            losses[layout] = [row["loss"] for row in train(cfg, pairs).history if "loss" in row]
     assert len(losses["padded"]) == 3
-    assert len(calls) == 3  # the packed run really ran packed: one packed forward per micro-batch
-    torch.testing.assert_close(torch.tensor(losses["packed"]), torch.tensor(losses["padded"]))
+    assert len(calls) == 3  # the run really used the layout: one such forward per micro-batch
+    torch.testing.assert_close(torch.tensor(losses[forward]), torch.tensor(losses["padded"]))
 
 
 # ---- docs/speed.md names only what exists ----

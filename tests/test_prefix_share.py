@@ -1,6 +1,7 @@
 """Prefix sharing (models/prefix_share.py): the layout and mask by hand, and prefix-shared rewards, response
 log-probs and gradients equal to separate padded forwards (float32, GPT-NeoX and Llama, either padding side,
-ragged lengths); a prefix-shared training run equals a padded one; different prompts are refused."""
+ragged lengths); different prompts are refused. (The prefix-shared training run is compared with a padded one
+in test_packing.py, with the packed one.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
-from _engine_helpers import make_pairs, one_torch_thread, run_config, train, vocab_words
+from _engine_helpers import one_torch_thread
 from marginkit.data.collate import collate_pairs
 from marginkit.data.tokenize import EncodedPair
 from marginkit.models.packing import dense_mask
@@ -187,19 +188,4 @@ def test_flex_attention_forward_on_cpu(model_dirs):
     torch.testing.assert_close(shared, padded)
 
 
-# ---- training ----
-
-def test_prefix_shared_training_equals_padded(tiny_model_dir, word_tokenizer, tmp_path, monkeypatch):
-    import marginkit.models.prefix_share as prefix_share
-
-    calls = []
-    real = prefix_share.prefix_shared_rewards
-    monkeypatch.setattr(prefix_share, "prefix_shared_rewards", lambda *a, **k: calls.append(1) or real(*a, **k))
-    pairs = make_pairs(vocab_words(word_tokenizer), 12)
-    losses = {}
-    with one_torch_thread():
-        for forward in ("padded", "prefix_shared"):
-            cfg = run_config(tiny_model_dir, tmp_path / forward, batch_size=4, padding_side="left", forward=forward)
-            losses[forward] = [row["loss"] for row in train(cfg, pairs).history if "loss" in row]
-    assert len(losses["padded"]) == 3 and len(calls) == 3
-    torch.testing.assert_close(torch.tensor(losses["prefix_shared"]), torch.tensor(losses["padded"]))
+# A prefix-shared training run equals a padded one: test_packing.py test_layout_training_equals_padded.
