@@ -28,14 +28,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from marginkit.console import quiet_libraries
+
 __all__ = ["main", "build_parser"]
-
-
-def _quiet() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def _cmd_train_rm(args: argparse.Namespace) -> int:
@@ -451,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet()
+    quiet_libraries()
     from marginkit.configlib import ConfigError
     from marginkit.data.schema import DataError
     from marginkit.diagnostics.monitor import MonitorStopError

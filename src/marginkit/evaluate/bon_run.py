@@ -320,11 +320,11 @@ def _ci(m: dict[str, float], fmt: str = ".3f") -> str:
 def combine_runs(results: list[dict[str, Any]], level: float = 0.95) -> dict[str, Any]:
     """Several bon_results dicts of the same RM names, baseline and N (e.g. one per training seed) as one
     dict of the same shape: every mean is the mean over runs, every interval a Student-t interval over
-    runs (`study.margins.t_interval`), so it measures how much the result moves between RM trainings,
+    runs (`evaluate.stats.t_interval`), so it measures how much the result moves between RM trainings,
     not only between prompts; wins/ties/losses are summed. `runs_above_half[rm][i]` counts the runs
     whose win rate at ns[i] is above 1/2."""
     from marginkit.evaluate.bon import over_optimisation
-    from marginkit.study.margins import t_interval
+    from marginkit.evaluate.stats import t_interval
 
     if len(results) < 2:
         raise ValueError(f"combine_runs: need at least 2 runs, got {len(results)}")

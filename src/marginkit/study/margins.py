@@ -38,8 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from marginkit.console import quiet_libraries
+from marginkit.evaluate.stats import format_interval, t_interval
+
 __all__ = ["StudyVariant", "STUDY_VARIANTS", "StudySize", "STUDY_SIZES", "StudyConfig", "run_study", "summarize",
-           "format_markdown", "t_interval"]
+           "format_markdown"]
 
 
 @dataclass(frozen=True)
@@ -217,9 +220,7 @@ def _unit_worker(cfg: StudyConfig, noise: float, seed: int, todo: list[str], thr
     import torch
 
     torch.set_num_threads(threads)
-    from marginkit.cli import _quiet
-
-    _quiet()
+    quiet_libraries()
     return run_unit(cfg, noise, seed, todo)
 
 
@@ -283,21 +284,7 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(r, default=float) + "\n")  # numpy scalars as floats
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def t_interval(x: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t interval of the mean over seeds; (mean, nan, nan) for one value."""
-    from scipy import stats
-
-    a = np.asarray([v for v in x if v is not None and math.isfinite(v)], dtype=float)
-    if len(a) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(a.mean())
-    if len(a) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
-    return mean, mean - half, mean + half
+# ----------------------------------------------------------------------------- summary
 
 
 def steps_to_reach(curve: list[dict[str, Any]], target: float) -> float:
@@ -348,15 +335,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _ci(t: tuple[float, float, float], digits: int = 3) -> str:
-    mean, low, high = t
-    if not math.isfinite(mean):
-        return "–"
-    if not math.isfinite(low):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
 def format_markdown(summary: dict[str, Any]) -> str:
     lines = []
     for noise in summary["noises"]:
@@ -369,12 +347,14 @@ def format_markdown(summary: dict[str, Any]) -> str:
         for e in rows:
             chosen = summary["chosen"].get(e["family"], {}).get(str(noise)) == e["variant"]
             name = f"**{e['variant']}**" if chosen and e["family"] != "bt" else e["variant"]
-            vs = "–" if e["variant"] == "bt" else _ci(e["acc_vs_bt"])
+            vs = "–" if e["variant"] == "bt" else format_interval(e["acc_vs_bt"])
             steps = e["steps_to_bt_final"]
             steps_s = (f"{steps:.0f} of {e['total_steps']:.0f} ({e['reached_bt_final']})"
                        if math.isfinite(steps) else f"never ({e['reached_bt_final']})")
-            lines.append(f"| {name} | {_ci(e['acc'])} | {vs} | {_ci(e['acc_near_ties'])} | {_ci(e['acc_clear'])} | "
-                         f"{_ci(e['pearson'])} | {_ci(e['skewness'], 2)} | {_ci(e['val_acc'])} | {steps_s} |")
+            cells = [format_interval(e["acc"]), vs, format_interval(e["acc_near_ties"]),
+                     format_interval(e["acc_clear"]), format_interval(e["pearson"]),
+                     format_interval(e["skewness"], 2), format_interval(e["val_acc"]), steps_s]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("Bold: the variant of each family with the best mean validation accuracy (the default we choose); "
                  "test numbers never choose.")

@@ -14,7 +14,8 @@ from torch import nn
 
 from marginkit.data.schema import Pair
 from marginkit.evaluate.accuracy import pairwise_accuracy
-from marginkit.study.margins import _ci, t_interval
+from marginkit.evaluate.stats import format_interval as _ci
+from marginkit.evaluate.stats import t_interval
 from marginkit.study.real.config import RealStudyConfig
 from marginkit.study.real.data import TaskData, load_task, pair_tensors
 from marginkit.study.real.features import FeatureCache

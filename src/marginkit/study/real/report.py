@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from marginkit.study.margins import _ci
+from marginkit.evaluate.stats import format_interval as _ci
 
 __all__ = ["format_real_markdown", "plot_summary"]
 

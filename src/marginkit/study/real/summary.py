@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from marginkit.study.margins import t_interval
+from marginkit.evaluate.stats import t_interval
 
 __all__ = ["summarize_real", "paired_pair_bootstrap", "win_bootstrap"]
 
