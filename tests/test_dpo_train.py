@@ -278,7 +278,7 @@ def test_packed_and_prefix_shared_forwards_train_like_padded(tiny_model_dir, pai
 
 
 def test_world_pipeline_at_tiny_size(tmp_path):
-    from marginkit.world_pipeline import WorldPipelineConfig, run_world_pipeline
+    from marginkit.study.world_pipeline import WorldPipelineConfig, run_world_pipeline
 
     result = run_world_pipeline(WorldPipelineConfig(out=str(tmp_path), size="tiny", seed=0), console=lambda _: None)
     assert [s.name for s in result.scores] == ["base policy (world sampler)", "sft", "dpo"]
@@ -293,7 +293,7 @@ def test_world_pipeline_at_tiny_size(tmp_path):
 
 
 def test_sampled_rows_are_the_exact_tokens(tiny_model_dir, word_tokenizer):
-    from marginkit.world_pipeline import sample_responses, sequence_logps_of
+    from marginkit.study.world_pipeline import sample_responses, sequence_logps_of
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     prompts = ["please help me choose", "the question is about cats"]
@@ -312,7 +312,7 @@ def test_sampled_rows_are_the_exact_tokens(tiny_model_dir, word_tokenizer):
 
 
 def test_mask_audit_runs_first_and_catches_an_unshifted_mask(monkeypatch, tiny_model_dir, pairs, tmp_path):
-    import marginkit.train.sft as sft
+    import marginkit.train.setup as setup
     from marginkit.diagnostics.mask_audit import MaskAuditError
     from marginkit.models.logprobs import SequenceLogps
 
@@ -323,7 +323,7 @@ def test_mask_audit_runs_first_and_catches_an_unshifted_mask(monkeypatch, tiny_m
     messages: list[str] = []
     train_dpo(config(tiny_model_dir, tmp_path / "ok", train={"max_steps": 1}), pairs, console=messages.append)
     assert any("the loss covers exactly the response tokens" in m for m in messages)
-    monkeypatch.setattr(sft, "sequence_logps", unshifted)
+    monkeypatch.setattr(setup, "sequence_logps", unshifted)
     with pytest.raises(MaskAuditError, match=r"response_mask\[:, 1:\]"):
         run(config(tiny_model_dir, tmp_path / "a"), pairs)
     messages.clear()

@@ -7,7 +7,7 @@ import pytest
 def test_monitor_fires_on_reckless_dpo_and_not_on_sane(tmp_path):
     import torch
 
-    from marginkit.world_pipeline import monitor_demo
+    from marginkit.study.world_pipeline import monitor_demo
 
     threads = torch.get_num_threads()
     alerts = monitor_demo(tmp_path, seed=0, n_pairs=150, console=lambda s: None)

@@ -198,7 +198,7 @@ def _cmd_eval_dpo(args: argparse.Namespace) -> int:
 
 
 def _cmd_world_monitor_demo(args: argparse.Namespace) -> int:
-    from marginkit.world_pipeline import monitor_demo
+    from marginkit.study.world_pipeline import monitor_demo
 
     alerts = monitor_demo(out=args.out, seed=args.seed, n_pairs=args.pairs)
     print(f"wrote {args.out}/ (each run's alerts.jsonl and metrics.jsonl, monitor_demo.json)")
@@ -206,7 +206,7 @@ def _cmd_world_monitor_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_world_pipeline(args: argparse.Namespace) -> int:
-    from marginkit.world_pipeline import WorldPipelineConfig, run_world_pipeline
+    from marginkit.study.world_pipeline import WorldPipelineConfig, run_world_pipeline
 
     size = "quick" if args.quick else args.size
     run_world_pipeline(WorldPipelineConfig(out=args.out, size=size, seed=args.seed, threads=args.threads,
