@@ -222,8 +222,8 @@ def _dpo_step_fn(model: Any, data: list[Any], opts: dict[str, Any], acc: Any, co
 
     from marginkit.losses.dpo import DPOLossSpec, build_dpo_loss
     from marginkit.models.packing import select_attention
+    from marginkit.models.ref_cache import CachedReference, ModelReference, compute_ref_logps
     from marginkit.train.dpo_step import dpo_step
-    from marginkit.train.ref_cache import CachedReference, ModelReference, compute_ref_logps
 
     ref_model = copy.deepcopy(model).to(acc.device)
     select_attention(ref_model, opts["forward"], "auto")

@@ -23,10 +23,10 @@ from marginkit.data.schema import Pair
 from marginkit.data.tokenize import TokenizeConfig, encode_pairs
 from marginkit.evaluate.dpo_eval import evaluate_dpo_dir
 from marginkit.models.logprobs import forward_logps
+from marginkit.models.ref_cache import RefCacheError, read_ref_logps
 from marginkit.models.tiny import make_tiny_model_dir
 from marginkit.train.checkpoint import load_trainer_state
 from marginkit.train.dpo import precompute_reference, train_dpo
-from marginkit.train.ref_cache import RefCacheError, read_ref_logps
 
 ROOT = Path(__file__).resolve().parents[1]
 LN2 = math.log(2.0)

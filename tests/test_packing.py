@@ -26,12 +26,12 @@ from marginkit.models.packing import (
     packed_layout,
     packed_response_logps,
     packed_rewards,
-    pair_sequence_logps,
     resolve_attention,
-    score_pairs,
     selective_logps,
     spans,
 )
+from marginkit.models.pair_forward import batch_logps as pair_sequence_logps
+from marginkit.models.pair_forward import score_pairs
 from marginkit.models.reward import score_batch
 from marginkit.models.tiny import make_tiny_model_dir
 from marginkit.train.engine import TrainConfig

@@ -451,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from marginkit.data.schema import DataError
     from marginkit.diagnostics.monitor import MonitorStopError
     from marginkit.diagnostics.preflight import PreflightError
-    from marginkit.train.ref_cache import RefCacheError
+    from marginkit.models.ref_cache import RefCacheError
 
     try:
         return args.func(args)

@@ -11,10 +11,10 @@ from marginkit.data.tokenize import TokenizeConfig
 from marginkit.losses.dpo import DPOLossSpec, build_dpo_loss
 from marginkit.margins.registry import MarginSpec, build_margin
 from marginkit.models.policy import PolicyConfig
+from marginkit.models.ref_cache import ReferenceConfig
 from marginkit.models.reward import ModelConfig
 from marginkit.train.dpo import DPOTrainConfig
 from marginkit.train.engine import TrainConfig
-from marginkit.train.ref_cache import ReferenceConfig
 from marginkit.train.sft import SFTLossConfig, SFTTrainConfig
 
 __all__ = ["DataConfig", "RMLossConfig", "RMRunConfig", "DPORunConfig", "SFTRunConfig"]

@@ -157,7 +157,7 @@ def _reference_for(settings: dict[str, Any], reference: str | None, loss_fn: DPO
     """The reference eval-dpo uses: none for reference-free losses; an artefact file (checked against the
     data, and against the model hash training recorded); else a model folder or hub name."""
     from marginkit.models.policy import load_policy
-    from marginkit.train.ref_cache import (
+    from marginkit.models.ref_cache import (
         CachedReference,
         ModelReference,
         data_hash,

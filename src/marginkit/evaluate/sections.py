@@ -46,7 +46,7 @@ from marginkit.evaluate.accuracy import pair_outcomes
 
 __all__ = ["Section", "SectionSpec", "BUILTIN_SECTIONS", "build_section", "builtin_sections", "parse_section_spec",
            "load_section_specs", "pair_items", "section_gaps", "SectionResult", "SectionsReport", "sections_report",
-           "evaluate_sections", "format_sections", "write_sections"]
+           "evaluate_sections", "format_sections", "write_sections", "rm_scorer"]
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def sections_report(gaps: Mapping[str, np.ndarray], labels: Mapping[str, np.ndar
     return SectionsReport(results, mean, float(low), float(high), level, model)
 
 
-def _rm_scorer(model_dir: str | Path, batch_size: int, device: str | None) -> Callable[[list[Any], list[str]], np.ndarray]:
+def rm_scorer(model_dir: str | Path, batch_size: int, device: str | None) -> Callable[[list[Any], list[str]], np.ndarray]:
     """score(prompts, responses) -> rewards [M] with the RM in model_dir, as eval-rm scores."""
     import torch
 
@@ -245,7 +245,7 @@ def evaluate_sections(model_dir: str | Path, sections: Sequence[Section], batch_
     names = [s.name for s in sections]
     if len(set(names)) != len(names):
         raise ValueError(f"section names repeat: {names}")
-    score = _rm_scorer(model_dir, batch_size, device)
+    score = rm_scorer(model_dir, batch_size, device)
     gaps, labels = {}, {}
     for section in sections:
         say(f"section {section.name}: scoring {len(section.pairs)} pairs")

@@ -23,6 +23,9 @@ each chunk in backward (activation checkpointing) instead of keeping its float32
 the naive one-liner `naive_token_logps` (tested):
 
     torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+This is the padded reference forward; a collated batch with a packed or prefix-shared layout goes
+through models/pair_forward.py `batch_logps`, which gives the same numbers.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["SequenceLogps", "naive_token_logps", "token_logps", "sequence_logps", "position_ids_from_mask",
-           "forward_logps", "batch_logps"]
+           "forward_logps"]
 
 
 @dataclass(frozen=True)
@@ -146,14 +149,3 @@ def forward_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     kwargs = {"position_ids": position_ids_from_mask(attention_mask)} if _accepts_position_ids(model) else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits  # [N, T, V]
     return sequence_logps(logits, input_ids, response_mask, chunk_size)
-
-
-def batch_logps(model: nn.Module, batch: dict[str, torch.Tensor], chunk_size: int | None = None) -> SequenceLogps:
-    """Response log-probs [2B] of a collated pair batch, by the forward its collator chose: padded rows
-    here; packed or prefix-shared rows (a batch["layout"] from data/collate.py's LayoutPairCollator)
-    through models/packing.py, which gives the same numbers."""
-    if "layout" in batch:
-        from marginkit.models.packing import pair_sequence_logps
-
-        return pair_sequence_logps(model, batch, chunk_size)
-    return forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], chunk_size)

@@ -22,6 +22,7 @@ left-padded reference agrees too). This module holds the machinery shared with p
 Everything runs through the model's own forward (DDP, FSDP and DeepSpeed hook it); the per-token
 reward scores are read with a forward hook on the reward head. `use_cache=False` is passed always:
 with a cache, transformers ignores restarting position ids and builds one causal mask over the row.
+Which forward a collated batch runs (padded, packed, prefix-shared) is chosen in models/pair_forward.py.
 """
 
 from __future__ import annotations
@@ -36,19 +37,16 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from marginkit.data.collate import FORWARD_LAYOUTS
-from marginkit.models.reward import reward_head, score_batch
+from marginkit.models.reward import reward_head
 
-__all__ = ["Attention", "ForwardLayout", "LAYOUTS", "Layout", "Piece", "build_layout", "packed_layout",
-           "selective_logps", "dense_mask", "additive_mask", "flex_block_mask", "run_layout", "layout_rewards",
-           "layout_token_logps", "packed_rewards", "packed_response_logps", "score_pairs", "response_logps",
-           "pair_sequence_logps",
-           "batch_layout", "attention_of", "row_capacity", "spans", "resolve_attention", "select_attention", "check_layout_support", "compile_blocks",
-           "unwrap"]
+__all__ = ["Attention", "ForwardLayout", "Layout", "Piece", "build_layout", "packed_layout",
+           "selective_logps", "dense_mask", "additive_mask", "flex_mask_mod", "flex_block_mask", "run_layout",
+           "layout_rewards", "layout_token_logps", "packed_rewards", "packed_response_logps", "attention_of",
+           "row_capacity", "spans", "resolve_attention", "select_attention", "check_layout_support",
+           "compile_blocks", "unwrap"]
 
 ForwardLayout = Literal["padded", "packed", "prefix_shared"]
 Attention = Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"]
-LAYOUTS = FORWARD_LAYOUTS  # batch["layout"] holds an index into this (data/collate.py)
 _ONE_ROW = ("flash_attention_2", "flash_attention_3", "flex_attention")  # no cost for one long row
 _NATIVE_PACKING = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 
@@ -342,62 +340,6 @@ def packed_response_logps(model: nn.Module, input_ids: torch.Tensor, attention_m
     items = [[Piece(i, first[i], lengths[i])] for i in range(len(lengths)) if lengths[i]]
     layout = build_layout(items, *attention_mask.shape, "packed", cap, 128 if attention == "flex_attention" else 1)
     return layout_token_logps(model, layout.to(input_ids.device), input_ids, response_mask, pad_id, chunk)
-
-
-# ---- dispatch on the layout a collator chose (data/collate.py LayoutPairCollator) ----
-
-def batch_layout(batch: dict[str, torch.Tensor]) -> str:
-    """The forward layout a collated batch asks for: batch["layout"] [B] holds an index into LAYOUTS."""
-    code = batch.get("layout")
-    return "padded" if code is None or code.numel() == 0 else LAYOUTS[int(code.reshape(-1)[0])]
-
-
-def _pad_id(model: nn.Module) -> int:
-    pad = getattr(unwrap(model).config, "pad_token_id", None)
-    return 0 if pad is None else int(pad)
-
-
-def score_pairs(model: nn.Module, batch: dict[str, torch.Tensor],
-                with_hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rewards [2B] (and hidden [2B, D]) of a collated pair batch, by the forward its collator chose:
-    padded (score_batch), packed (packed_rewards) or prefix-shared (prefix_shared_rewards)."""
-    layout = batch_layout(batch)
-    if layout == "padded":
-        return score_batch(model, batch["input_ids"], batch["attention_mask"], with_hidden)
-    if layout == "packed":
-        return packed_rewards(model, batch["input_ids"], batch["attention_mask"], _pad_id(model), with_hidden)
-    from marginkit.models.prefix_share import prefix_shared_rewards  # prefix_share builds on this module
-
-    return prefix_shared_rewards(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                 _pad_id(model), with_hidden)
-
-
-def response_logps(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = 1024) -> torch.Tensor:
-    """Per-token response log-probs [2B, T] of a collated pair batch (packed or prefix-shared layouts;
-    the padded layout is the DPO helper's reference function in models/logprobs.py)."""
-    layout = batch_layout(batch)
-    if layout == "packed":
-        return packed_response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                     _pad_id(model), chunk=chunk)
-    if layout == "prefix_shared":
-        from marginkit.models.prefix_share import prefix_shared_response_logps
-
-        return prefix_shared_response_logps(model, batch["input_ids"], batch["attention_mask"],
-                                            batch["response_mask"], _pad_id(model), chunk=chunk)
-    raise ValueError("response_logps: the batch has the padded layout; use the padded log-prob function")
-
-
-def pair_sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor], chunk_size: int | None = 1024) -> Any:
-    """Summed response log-probs and token counts (models/logprobs.py SequenceLogps, [2B] each) of a collated
-    pair batch by the forward its collator chose; the padded layout is logprobs.forward_logps itself."""
-    from marginkit.models.logprobs import SequenceLogps, forward_logps
-
-    if batch_layout(batch) == "padded":
-        return forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], chunk_size)
-    per_token = response_logps(model, batch, chunk_size or 1024)  # [2B, T], 0 off the scored tokens
-    scored = batch["response_mask"].bool().clone()
-    scored[:, 0] = False  # a sequence's first column has no predecessor (as logprobs' shift by one)
-    return SequenceLogps(per_token.sum(-1), scored.sum(-1).float())
 
 
 # ---- setup: attention backend, support checks, compilation ----

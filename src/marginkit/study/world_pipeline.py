@@ -41,9 +41,9 @@ from marginkit.evaluate.metrics import bootstrap_ci
 from marginkit.losses.dpo import build_dpo_loss
 from marginkit.models.logprobs import forward_logps
 from marginkit.models.policy import PolicyConfig, load_policy
+from marginkit.models.ref_cache import ModelReference
 from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
 from marginkit.train.dpo import DPORunResult, train_dpo
-from marginkit.train.ref_cache import ModelReference
 from marginkit.train.sft import ChosenCollator, train_sft
 
 __all__ = ["PipelineSize", "PIPELINE_SIZES", "WorldPipelineConfig", "PolicyScore", "WorldPipelineResult",

@@ -39,9 +39,7 @@ from marginkit.losses.dpo import DPOLoss, build_dpo_loss
 from marginkit.margins import MarginSetup, MarginStrategy, build_margin
 from marginkit.models.packing import compile_blocks, select_attention
 from marginkit.models.policy import load_policy, save_policy
-from marginkit.train.dpo_step import dpo_step
-from marginkit.train.engine import Engine, TrainConfig
-from marginkit.train.ref_cache import (
+from marginkit.models.ref_cache import (
     CachedReference,
     ModelReference,
     ReferenceSource,
@@ -52,6 +50,8 @@ from marginkit.train.ref_cache import (
     model_hash,
     write_ref_logps,
 )
+from marginkit.train.dpo_step import dpo_step
+from marginkit.train.engine import Engine, TrainConfig
 from marginkit.train.rm import check_margin_inputs, make_accelerator
 from marginkit.train.sft import (
     audit_masks,
@@ -203,7 +203,7 @@ def precompute_reference(cfg: DPORunConfig, train_pairs: list[Pair] | None = Non
                          eval_pairs: list[Pair] | None = None, console: Callable[[str], None] = print
                          ) -> dict[str, Path]:
     """Compute the reference log-probs of the training (and eval) pairs once and write the hashed
-    artefacts (train/ref_cache.py) where `train_dpo` with reference.source=precomputed finds them.
+    artefacts (models/ref_cache.py) where `train_dpo` with reference.source=precomputed finds them.
     Uses this run's tokenisation, so the data hashes match; runs on the accelerator's device with the
     run's mixed precision. Returns {"train": path, "eval": path}."""
     cfg.check()

@@ -11,8 +11,8 @@ from torch import nn
 
 from marginkit.losses.dpo import DPOLoss, PreferenceLogps, chosen_nll
 from marginkit.margins import MarginInputs, MarginStrategy, check_margin_shape
-from marginkit.models.logprobs import batch_logps
-from marginkit.train.ref_cache import ReferenceSource
+from marginkit.models.pair_forward import batch_logps
+from marginkit.models.ref_cache import ReferenceSource
 from marginkit.train.rm_step import StepOutput
 
 __all__ = ["dpo_step", "offsets"]

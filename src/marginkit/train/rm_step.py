@@ -12,7 +12,7 @@ from torch import nn
 
 from marginkit.losses import bt_loss, centering_penalty
 from marginkit.margins import MarginInputs, Margins, MarginStrategy, check_margin_shape
-from marginkit.models.packing import score_pairs
+from marginkit.models.pair_forward import score_pairs
 
 __all__ = ["StepOutput", "rm_step", "target_margins"]
 

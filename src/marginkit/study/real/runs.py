@@ -107,7 +107,7 @@ def frozen_unit(ctx: RunContext, seed: int, todo: Sequence[StudyVariant]) -> tup
 
 
 def finetune_unit(ctx: RunContext, seed: int, todo: Sequence[StudyVariant]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from marginkit.evaluate.sections import _rm_scorer, section_gaps
+    from marginkit.evaluate.sections import rm_scorer, section_gaps
 
     cfg, data = ctx.cfg, ctx.data
     unit = Path(cfg.out) / f"seed{seed}"
@@ -127,7 +127,7 @@ def finetune_unit(ctx: RunContext, seed: int, todo: Sequence[StudyVariant]) -> t
                 need(path, seed + 1000 * k)
         margin = _fill(v.margin, str(reference), [str(p) for p in ensemble])
         model_dir, curve, seconds = finetune_one(ctx, unit / v.name, seed, margin)
-        score = _rm_scorer(model_dir, 64, None)
+        score = rm_scorer(model_dir, 64, None)
 
         def pool_scores(score: Score = score) -> np.ndarray:
             pool = data.pool

@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 
 from marginkit.data.collate import collate_pairs
 from marginkit.data.tokenize import EncodedPair
-from marginkit.models.logprobs import batch_logps, forward_logps
+from marginkit.models.logprobs import forward_logps
+from marginkit.models.pair_forward import batch_logps
 
 __all__ = ["ReferenceConfig", "RefLogps", "RefCacheError", "model_hash", "data_hash", "cache_path",
            "compute_ref_logps", "write_ref_logps", "read_ref_logps", "load_ref_logps", "ReferenceSource",
