@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("train", "config")),
     # Workflows that run trainings and evaluations end to end and report them: Best-of-N runs and
     # the out-of-distribution sections, the HTML report (it reads Best-of-N runs), studies, the demo.
-    ("workflows", ("evaluate.bon_run", "evaluate.offline_bon", "evaluate.sections", "report.html", "study", "world_pipeline",
+    ("workflows", ("evaluate.bon_run", "evaluate.offline_bon", "evaluate.sections", "report.html", "study",
                    "demo")),
     # The command line: parse, then dispatch.
     ("cli", ("cli",)),
@@ -250,33 +250,21 @@ def module_level_imports(module: str) -> list[ast.Import | ast.ImportFrom]:
 
 
 def test_losses_and_margins_stay_light():
-    """Importing any losses/ or margins/ module pulls in torch and numpy at most (no Accelerate,
-    transformers or config parsing), so a few small tensors test them."""
+    """At module level, losses/ and margins/ import torch, numpy, the standard library and each other only
+    (no Accelerate, transformers, config parsing or the rest of marginkit), so importing any of them stays
+    that light and a few small tensors test them. Anything heavier goes inside the function that needs it."""
+    light = (f"{PKG}.losses", f"{PKG}.margins")
     heavy = []
-    for module in sorted(MODULES):
-        if package_of(module) not in (f"{PKG}.losses", f"{PKG}.margins"):
-            continue
-        todo, seen = [module], set()
-        while todo:  # everything of ours this module imports at module level, transitively
-            current = todo.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            for node in module_level_imports(current):
-                ours = [t for t, _ in imported(current, node)]
-                todo += [m for t in ours for m in [*ancestors(t), t]]
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    ([] if node.level or ours else [node.module or ""])
-                for name in names:
-                    top = name.split(".")[0]
-                    if top == PKG:
-                        if package_of(known(name) or name) not in (f"{PKG}.losses", f"{PKG}.margins"):
-                            heavy.append(f"{module}: {current} imports {name}")
-                    elif top not in LIGHT and top not in sys.stdlib_module_names:
-                        heavy.append(f"{module}: {current} imports {name}")
-                if isinstance(node, ast.ImportFrom) and not node.level and ours:
-                    for target in ours:
-                        if package_of(target) not in (f"{PKG}.losses", f"{PKG}.margins"):
-                            heavy.append(f"{module}: {current} imports {target}")
-    assert not heavy, "losses/ and margins/ must import only torch, numpy and the standard library " \
-        "at module level:\n  " + "\n  ".join(sorted(set(heavy)))
+    for module in sorted(m for m in MODULES if package_of(m) in light):
+        for node in module_level_imports(module):
+            ours = [target for target, _ in imported(module, node)]
+            if isinstance(node, ast.Import):
+                others = [a.name for a in node.names if not a.name.startswith(PKG)]
+            else:
+                others = [] if node.level or (node.module or "").startswith(PKG) else [node.module or ""]
+            bad = [t for t in ours if package_of(t) not in light]
+            bad += [name for name in others if name.split(".")[0] not in LIGHT | set(sys.stdlib_module_names)]
+            heavy += [f"{module} imports {name}   {MODULES[module].relative_to(SRC.parent)}:{node.lineno}"
+                      for name in bad]
+    assert not heavy, "module-level imports heavier than torch and numpy in losses/ or margins/:\n  " + \
+        "\n  ".join(heavy)
