@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Pure statistics and the plots drawn from them: numbers in, numbers or figures out (the one accuracy
     # rule, metrics with intervals, Student-t intervals; PNG plots of arrays). The evaluate and report
     # package `__init__`s re-export only these, so importing any evaluate/report module stays this cheap.
+    # A new evaluate/ or report/ module lands here too until it is listed in a higher layer.
     ("statistics", ("evaluate", "evaluate.accuracy", "evaluate.metrics", "evaluate.stats",
                     "report", "report.plots")),
     # Diagnostics: pure checks over detached tensors and the monitor, preflight before training.
