@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -64,15 +65,38 @@ def steps(history):
     return [r for r in history if "loss" in r]
 
 
+def sequence_logps(model, tokenizer, encoded) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B] summed response log-probs of the chosen and of the rejected side of encoded pairs (one padded batch)."""
+    b = collate_pairs(encoded, tokenizer.pad_token_id)
+    with torch.no_grad():
+        return forward_logps(model.eval(), b["input_ids"], b["attention_mask"], b["response_mask"]).sum.double().chunk(2)
+
+
+def outcomes(gap) -> np.ndarray:
+    """Per-pair outcome, ties 1/2 (docs/metrics.md): 1 if Δ > 0, 1/2 if Δ = 0, 0 if Δ < 0."""
+    gap = np.asarray(gap, dtype=np.float64)
+    return (gap > 0) + 0.5 * (gap == 0)
+
+
+def percentile_bootstrap(values, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """The readable bootstrap the reports document: n_boot resamples of B values with replacement, drawn one
+    at a time from default_rng(seed); the (1 - level)/2 and (1 + level)/2 quantiles of the resample means."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = [values[rng.integers(0, values.size, size=values.size)].mean() for _ in range(n_boot)]
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def test_first_step_is_ln2_with_policy_equal_to_reference(tiny_model_dir, pairs, tmp_path):
     result = run(config(tiny_model_dir, tmp_path, train={"max_steps": 2}), pairs)
     first = steps(result.history)[0]
     # policy = reference: every log-ratio is 0, so -log σ(β 0) = ln 2 and every reward, margin and gap is 0
     assert first["loss"] == pytest.approx(LN2, abs=1e-6)
     assert first["diagnostics/loss_at_zero_gap"] == pytest.approx(LN2, abs=1e-6)
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                "logratios/gap_raw", "kl/implicit"):
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logratios/gap_raw", "kl/implicit"):
         assert first[key] == 0.0, key
+    assert first["rewards/accuracies"] == 0.5  # every pair a tie (gap 0), and a tie counts ½ (evaluate/accuracy.py)
     assert first["logps/chosen"] < 0 and first["logps/rejected"] < 0
     assert steps(result.history)[1]["loss"] != first["loss"]  # the first update moved the policy
 
@@ -113,19 +137,24 @@ def test_precomputed_reference_refuses_other_data_or_model(tiny_model_dir, word_
         run(config(other_model, tmp_path / "c", cache, reference={"source": "precomputed", "cache": str(path)}), pairs)
 
 
-def test_checkpoint_is_a_plain_causal_lm_that_scores_like_the_trained_policy(tiny_model_dir, pairs, tmp_path):
-    result = run(config(tiny_model_dir, tmp_path, train={"max_steps": 3, "save_every": 3}), pairs)
+def test_checkpoint_is_a_plain_causal_lm_that_scores_like_the_trained_policy(tiny_model_dir, pairs, eval_pairs,
+                                                                             tmp_path):
+    result = run(config(tiny_model_dir, tmp_path, train={"max_steps": 3, "save_every": 3}), pairs, eval_pairs)
     checkpoint = tmp_path / "checkpoints" / "step-000003" / "model"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     for folder in (result.model_dir, checkpoint):
-        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        encoded = encode_pairs(pairs[:4], tokenizer, TokenizeConfig(), Ledger())
-        b = collate_pairs(encoded, tokenizer.pad_token_id)
-        with torch.no_grad():
-            got = forward_logps(model, b["input_ids"], b["attention_mask"], b["response_mask"]).sum
-            base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-            start = forward_logps(base, b["input_ids"], b["attention_mask"], b["response_mask"]).sum
-        assert (got - start).abs().max() > 1e-3  # the saved weights are the trained ones, not the start
+        encoded = encode_pairs(eval_pairs, tokenizer, TokenizeConfig(), Ledger())
+        chosen, rejected = sequence_logps(model, tokenizer, encoded)
+        ref_chosen, ref_rejected = sequence_logps(base, tokenizer, encoded)
+        # the trained policy's end-of-run evaluation, logged from memory, is reproduced by the saved folder:
+        # means of the log-probs and of r = β (log π - log π_ref) with β = 0.1, the starting model as reference
+        assert float(chosen.mean()) == pytest.approx(result.eval["eval_logps/chosen"], rel=1e-5)
+        assert float(rejected.mean()) == pytest.approx(result.eval["eval_logps/rejected"], rel=1e-5)
+        margins = 0.1 * ((chosen - ref_chosen) - (rejected - ref_rejected))
+        assert float(margins.mean()) == pytest.approx(result.eval["eval_rewards/margins"], rel=1e-4, abs=1e-6)
+        assert (chosen - ref_chosen).abs().max() > 1e-3  # and the weights are the trained ones, not the start
     torch.testing.assert_close(load_weights(checkpoint), load_weights(result.model_dir), rtol=0, atol=0)
 
 
@@ -203,7 +232,19 @@ def test_eval_dpo_scores_exactly_as_training_logs(tiny_model_dir, pairs, eval_pa
     for key, value in report.metrics.items():
         assert value == pytest.approx(result.eval["eval_" + key], rel=1e-6, abs=1e-7), key
     assert report.n_pairs == 6 and report.loss_name == "sigmoid" and report.beta == pytest.approx(0.1)
-    assert report.accuracy.low <= report.accuracy.value <= report.accuracy.high
+    # the per-pair gaps by hand: Δ = β ((π_c - ρ_c) - (π_r - ρ_r)), the starting model as the reference
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    encoded = encode_pairs(eval_pairs, tokenizer, TokenizeConfig(), Ledger())
+    chosen, rejected = sequence_logps(AutoModelForCausalLM.from_pretrained(result.model_dir), tokenizer, encoded)
+    ref_chosen, ref_rejected = sequence_logps(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, encoded)
+    gap = (0.1 * ((chosen - ref_chosen) - (rejected - ref_rejected))).numpy()
+    np.testing.assert_allclose(report.gaps, gap, rtol=1e-4, atol=1e-6)
+    assert np.abs(gap).min() > 1e-4  # no pair within rounding of a tie: the outcomes below are exact
+    # accuracy: the fraction of pairs ranked correctly, ties 1/2; its interval: the percentile bootstrap over
+    # those 6 per-pair outcomes (evaluate_dpo_dir: 1000 resamples, seed 0)
+    assert report.accuracy.value == outcomes(gap).mean()
+    assert (report.accuracy.low, report.accuracy.high) == pytest.approx(percentile_bootstrap(outcomes(gap), 1000, 0))
+    assert report.accuracy.n == 6 and report.accuracy.level == 0.95
 
 
 def documented(table: str) -> set[str]:
@@ -278,18 +319,70 @@ def test_packed_and_prefix_shared_forwards_train_like_padded(tiny_model_dir, pai
 
 
 def test_world_pipeline_at_tiny_size(tmp_path):
-    from marginkit.study.world_pipeline import WorldPipelineConfig, run_world_pipeline
+    from marginkit.data.world import WorldConfig, make_world
+    from marginkit.study.world_pipeline import (
+        PIPELINE_SIZES,
+        WorldPipelineConfig,
+        run_world_pipeline,
+        sample_responses,
+    )
 
-    result = run_world_pipeline(WorldPipelineConfig(out=str(tmp_path), size="tiny", seed=0), console=lambda _: None)
+    cfg = WorldPipelineConfig(out=str(tmp_path), size="tiny", seed=0)
+    result = run_world_pipeline(cfg, console=lambda _: None)
     assert [s.name for s in result.scores] == ["base policy (world sampler)", "sft", "dpo"]
     base, sft, dpo = result.scores
     assert base.kl_to_sft is None and sft.kl_to_sft == 0.0  # the SFT model against itself: identical log-probs
     assert all(s.n_samples == 8 * 2 for s in result.scores) and all(math.isfinite(s.true_reward) for s in result.scores)
-    assert dpo.true_reward_low <= dpo.true_reward <= dpo.true_reward_high
-    assert 0.0 <= result.dpo_pairs["accuracy"] <= 1.0 and "accuracy_true" in result.dpo_pairs
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert len(summary["scores"]) == 3 and (tmp_path / "samples_dpo.jsonl").exists()
-    assert AutoModelForCausalLM.from_pretrained(result.dpo_dir) is not None
+    assert len(summary["scores"]) == 3 and summary["dpo_test_pairs"] == pytest.approx(result.dpo_pairs)
+
+    # Every number of the DPO policy, recomputed from what the pipeline saved: the world it built (same config),
+    # the DPO and SFT folders, and the samples file.
+    size = PIPELINE_SIZES["tiny"]
+    world = make_world(WorldConfig(seed=0, n_train=size.n_train, n_val=200, n_test=size.n_test_pairs, noise=cfg.noise))
+    policy = AutoModelForCausalLM.from_pretrained(result.dpo_dir).eval()
+    reference = AutoModelForCausalLM.from_pretrained(result.sft_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(result.dpo_dir)
+    tokenize = TokenizeConfig(max_length=64)  # the pipeline's DPO tokenisation (DPO_DEFAULTS)
+
+    # the saved policy is the trained one: it reproduces the log-probs its run logged at the end, on world.val[:200]
+    (last_eval,) = [r for r in result.dpo_history if "eval_logps/chosen" in r]
+    val = encode_pairs(world.val[:200], tokenizer, tokenize, Ledger())
+    val_chosen, val_rejected = sequence_logps(policy, tokenizer, val)
+    # absolute 1e-5 on a mean of about -50: float32 sums in other batch shapes differ by ~1e-7 here, while saving the
+    # weights rounded to bf16 moves these means by ~3e-4
+    assert float(val_chosen.mean()) == pytest.approx(last_eval["eval_logps/chosen"], rel=0, abs=1e-5)
+    assert float(val_rejected.mean()) == pytest.approx(last_eval["eval_logps/rejected"], rel=0, abs=1e-5)
+
+    # true reward of the DPO samples: their mean, and the percentile bootstrap of the per-sample rewards
+    # (500 resamples, seed = the pipeline's seed); mean length in words
+    rows = [json.loads(x) for x in (tmp_path / "samples_dpo.jsonl").read_text().splitlines()]
+    prompts, texts = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    reward = world.true_rewards(prompts, texts)
+    assert dpo.true_reward == pytest.approx(reward.mean())
+    assert (dpo.true_reward_low, dpo.true_reward_high) == pytest.approx(percentile_bootstrap(reward, 500, 0))
+    assert dpo.mean_words == pytest.approx(np.mean([len(t.split()) for t in texts]))
+
+    # the samples are the saved policy's (seeded), and KL to SFT = mean over them of log π(y|x) - log π_sft(y|x)
+    test_prompts = world.sample_prompts(size.n_prompts, seed=0, split="test")
+    assert prompts == [p for p in test_prompts for _ in range(2)]
+    again, sampled = sample_responses(policy, tokenizer, test_prompts, 2, 0, cfg.max_new_tokens)
+    assert again == texts
+    lp_policy, _ = sequence_logps(policy, tokenizer, sampled)
+    lp_sft, _ = sequence_logps(reference, tokenizer, sampled)
+    assert dpo.kl_to_sft == pytest.approx(float((lp_policy - lp_sft).mean()), rel=1e-4, abs=1e-6)
+
+    # implicit-reward accuracy on the test pairs: Δ = β ((π_c - ρ_c) - (π_r - ρ_r)), β = 0.1, SFT as reference;
+    # against the labels, and against the true preference (sign of the gold gap, true ties left out)
+    test = encode_pairs(world.test, tokenizer, tokenize, Ledger())
+    chosen, rejected = sequence_logps(policy, tokenizer, test)
+    ref_chosen, ref_rejected = sequence_logps(reference, tokenizer, test)
+    gap = (0.1 * ((chosen - ref_chosen) - (rejected - ref_rejected))).numpy()
+    assert np.abs(gap).min() > 1e-7  # no pair within rounding of a tie
+    assert result.dpo_pairs["accuracy"] == pytest.approx(outcomes(gap).mean())
+    gold = np.array([e.gold_gap for e in test])
+    decided = gold != 0
+    assert result.dpo_pairs["accuracy_true"] == pytest.approx(outcomes(np.sign(gold) * gap)[decided].mean())
 
 
 def test_sampled_rows_are_the_exact_tokens(tiny_model_dir, word_tokenizer):
