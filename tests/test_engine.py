@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import marginkit.train.rm as rm_module
+import marginkit.train.setup as train_setup
 from _engine_helpers import (
     load_weights,
     make_pairs,
@@ -184,7 +185,8 @@ def test_first_step_loss_with_zero_head(tiny_model_dir, word_tokenizer, tmp_path
     close32(row["loss"], expected)
     close32(row["rewards/chosen"], 0.0)
     close32(row["rewards/margins"], 0.0)
-    assert row["rewards/accuracies"] == 0.0  # a tie is not a correct ranking
+    # every Δ = 0 at a zero head: each pair is a tie, and a tie counts 1/2 (evaluate/accuracy.py), so 4 x ½ / 4
+    assert row["rewards/accuracies"] == 0.5
     (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(line) == row
 
@@ -251,6 +253,9 @@ class PoisonMargin:
 
     needs: frozenset[str] = frozenset()
 
+    def prepare(self, setup) -> None:
+        pass
+
     def __call__(self, inputs: MarginInputs) -> Margins:
         poisoned = torch.isfinite(inputs.label_margin)
         margin = torch.where(poisoned, math.inf, 0.0)
@@ -290,7 +295,7 @@ def test_infinite_loss_stops_naming_step_and_pairs(tiny_model_dir, word_tokenize
     culprits = order[8:10]  # step 3 (batch 2 x accumulation 2) = positions 8-11; its first micro-batch = 8, 9
     pairs = [Pair(p.prompt, p.chosen, p.rejected, margin=1.0 if i in culprits else None, id=p.id)
              for i, p in enumerate(pairs)]
-    monkeypatch.setattr(rm_module, "build_margin", lambda spec: PoisonMargin())
+    monkeypatch.setattr(train_setup, "build_margin", lambda spec: PoisonMargin())
     models = keep_model(monkeypatch)
     cfg = run_config(tiny_model_dir, tmp_path, batch_size=2, gradient_accumulation_steps=2, save_every=1,
                      save_total_limit=0)

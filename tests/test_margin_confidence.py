@@ -23,7 +23,7 @@ from marginkit.data.ledger import Ledger
 from marginkit.data.schema import Pair
 from marginkit.data.tokenize import TokenizeConfig, encode_pairs
 from marginkit.evaluate.rm_eval import EvalConfig, evaluate_rm_dir
-from marginkit.evaluate.scorer import score_encoded
+from marginkit.evaluate.scorer import score_encoded, score_rm_dir
 from marginkit.margins import MarginInputs, MarginSetup, MarginSpec
 from marginkit.margins.confidence import ConfidenceMargin, ConfidenceMarginConfig, batch_mean
 from marginkit.margins.none import NoMargin
@@ -62,8 +62,9 @@ def test_below_batch_mean_hand_worked():
     out = confidence()(gaps_in([-1.0, 0.0, 1.0, 4.0]))
     assert out.active.tolist() == [True, True, False, False]
     assert_close(out.target_margin, torch.tensor([1.0, 1.0, 0.0, 0.0]))
-    # diagnostics: filtered (inactive) share 2/4, μ_B = 1, mean m over the 2 active pairs = 1
-    assert_close(out.diagnostics["filtered_fraction"].mean(), torch.tensor(0.5))
+    # diagnostics: μ_B = 1, mean m over the 2 active pairs = 1 (the filtered share 2/4 is the step's own
+    # target_margins/filtered_fraction = mean(1 - active), so the strategy does not log it a second time)
+    assert set(out.diagnostics) == {"batch_mean_gap", "active_mean"}
     assert_close(out.diagnostics["batch_mean_gap"], torch.tensor(1.0))
     assert_close(out.diagnostics["active_mean"], torch.tensor(1.0))
 
@@ -91,7 +92,7 @@ def test_equal_gaps_and_single_pair_have_no_active_pair():
     assert not confidence()(gaps_in([0.7])).active.any()
     out = confidence()(gaps_in([0.0, 0.0]))
     assert_close(out.diagnostics["active_mean"], torch.tensor(0.0))  # 0 / max(0, 1)
-    assert_close(out.diagnostics["filtered_fraction"], torch.ones(2))
+    assert out.active.tolist() == [False, False]  # filtered share 1
 
 
 def test_below_confidence_with_tau():
@@ -101,7 +102,6 @@ def test_below_confidence_with_tau():
     out = confidence(filter="below_confidence", tau=0.75)(gaps_in([0.0, 1.0, 2.0, -1.0]))
     assert out.active.tolist() == [True, True, False, True]
     assert_close(out.target_margin, torch.tensor([0.5, 0.5, 0.0, 0.5]))
-    assert_close(out.diagnostics["filtered_fraction"].mean(), torch.tensor(0.25))
 
 
 def test_filter_none_gives_every_pair_the_batch_mean():
@@ -243,7 +243,8 @@ def reference_rms(tmp_path_factory):
 
 def setup_for(pairs: list[Pair], word_tokenizer, cache: Path, said: list[str]) -> MarginSetup:
     train_set = encode_pairs(pairs, word_tokenizer, TokenizeConfig(), Ledger())
-    return MarginSetup(train_set, pairs, word_tokenizer.pad_token_id, "right", torch.device("cpu"), cache, said.append)
+    return MarginSetup(train_set, pairs, word_tokenizer.pad_token_id, "right", torch.device("cpu"), cache, said.append,
+                       score_rm_dir)
 
 
 def eval_gaps(model_dir: Path, pairs: list[Pair]) -> torch.Tensor:

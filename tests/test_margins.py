@@ -87,10 +87,10 @@ def test_unknown_strategy_lists_registry():
 
 
 def test_target_margins_zero_inactive_pairs_and_pass_the_batch():
-    """rm_step.target_margins (shared by rm_step and the study's frozen head): m is 0 wherever the
-    strategy marks a pair inactive, whatever value it returned there; the strategy sees Δ, labels, index."""
-    from marginkit.margins import Margins
-    from marginkit.train.rm_step import target_margins
+    """margins.target_margins (the one margin call: rm_step, dpo_step's ODPO offsets, the final-model snapshot,
+    the study's frozen head): m is 0 wherever the strategy marks a pair inactive, whatever value it returned
+    there, and detached; MarginInputs.from_batch hands the strategy Δ (detached), labels and index."""
+    from marginkit.margins import Margins, target_margins
 
     seen = {}
 
@@ -98,12 +98,54 @@ def test_target_margins_zero_inactive_pairs_and_pass_the_batch():
         needs = frozenset()
 
         def __call__(self, inputs):
-            seen.update(gap=inputs.reward_gap.tolist(), index=inputs.index.tolist(), score=inputs.score_gap.tolist())
-            return Margins(torch.tensor([2.0, 3.0, 4.0]), torch.tensor([True, False, True]))
+            seen.update(gap=inputs.reward_gap.tolist(), index=inputs.index.tolist(), score=inputs.score_gap.tolist(),
+                        gap_grad=inputs.reward_gap.requires_grad)
+            return Margins(torch.tensor([2.0, 3.0, 4.0], requires_grad=True), torch.tensor([True, False, True]),
+                           {"spread": torch.tensor([1.0, 2.0, 3.0], requires_grad=True)})
 
     chosen, rejected = torch.tensor([1.0, 0.5, 0.0], requires_grad=True), torch.tensor([0.0, 0.5, 1.0])
     batch = {"label_margin": torch.full((3,), float("nan")), "score_gap": torch.tensor([1.0, 2.0, 3.0]),
              "gold_gap": torch.full((3,), float("nan")), "index": torch.tensor([7, 8, 9])}
-    m, _ = target_margins(Stub(), chosen, rejected, batch, step=0)
-    assert m.tolist() == [2.0, 0.0, 4.0] and not m.requires_grad
-    assert seen == {"gap": [1.0, 0.0, -1.0], "index": [7, 8, 9], "score": [1.0, 2.0, 3.0]}
+    out = target_margins(Stub(), MarginInputs.from_batch(chosen - rejected, batch, step=0))
+    assert out.target_margin.tolist() == [2.0, 0.0, 4.0] and not out.target_margin.requires_grad
+    assert out.active.tolist() == [True, False, True]
+    assert not out.diagnostics["spread"].requires_grad
+    assert seen == {"gap": [1.0, 0.0, -1.0], "index": [7, 8, 9], "score": [1.0, 2.0, 3.0], "gap_grad": False}
+
+
+def test_target_margins_refuses_a_margin_that_is_not_b():
+    """A [B, 1] margin minus a [B] gap would broadcast to [B, B]: the one call raises, printing both shapes."""
+    from marginkit.margins import Margins, target_margins
+
+    class Column:
+        needs = frozenset()
+
+        def __call__(self, inputs):
+            return Margins(torch.ones(3, 1), torch.ones(3, 1, dtype=torch.bool))
+
+    with pytest.raises(ValueError, match=r"\(3, 1\).*\(3,\)"):
+        target_margins(Column(), inputs([0.0, 1.0, 2.0]))
+
+
+def test_margin_name_literal_and_help_come_from_the_registry():
+    """MARGINS is the one list of names: margin.name's Literal and its help text are built from it."""
+    from typing import get_args, get_type_hints
+
+    from marginkit.margins import MarginName
+
+    assert set(get_args(MarginName)) == set(MARGINS)
+    assert get_type_hints(MarginSpec)["name"] == MarginName
+    help_text = MarginSpec.__dataclass_fields__["name"].metadata["help"]
+    assert all(name in help_text for name in MARGINS)
+    assert set(MARGINS) <= set(MarginSpec.__dataclass_fields__)  # each strategy's options have a section
+
+
+@pytest.mark.parametrize("name", sorted(MARGINS))
+def test_every_strategy_implements_the_protocol(name):
+    """prepare is part of the Protocol: every strategy defines it (a no-op where nothing is precomputed)."""
+    from marginkit.margins import MarginStrategy
+
+    strategy = build_margin(MarginSpec(name=name))
+    for member in ("prepare", "__call__", "state_dict", "load_state_dict"):
+        assert callable(getattr(strategy, member)), (name, member)
+    assert hasattr(MarginStrategy, "prepare") and isinstance(strategy.needs, frozenset)

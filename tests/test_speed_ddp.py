@@ -80,7 +80,7 @@ def fake_accelerator(kind: str, zero_stage: int | None = None, clipping: float |
 
 def test_parallel_refusals_and_deepspeed_micro_batch():
     from marginkit.train.engine import TrainConfig
-    from marginkit.train.rm import check_parallel
+    from marginkit.train.setup import check_parallel
 
     cfg = TrainConfig(batch_size=8)
     check_parallel(cfg, fake_accelerator("MULTI_GPU"))  # DDP: accepted

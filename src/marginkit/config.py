@@ -1,4 +1,7 @@
-"""Run-level configs, composed from the components' own config dataclasses (each lives in its file)."""
+"""Run-level configs, composed from the components' own config dataclasses (each lives in its file).
+
+This module only composes: it imports component modules (data, models, losses, margins, the engine, the
+steps, the reference cache) and never a trainer (train/rm.py, sft.py, dpo.py), which import it."""
 
 from __future__ import annotations
 
@@ -13,9 +16,8 @@ from marginkit.margins.registry import MarginSpec, build_margin
 from marginkit.models.policy import PolicyConfig
 from marginkit.models.ref_cache import ReferenceConfig
 from marginkit.models.reward import ModelConfig
-from marginkit.train.dpo import DPOTrainConfig
-from marginkit.train.engine import TrainConfig
-from marginkit.train.sft import SFTLossConfig, SFTTrainConfig
+from marginkit.train.engine import DPOTrainConfig, SFTTrainConfig, TrainConfig
+from marginkit.train.sft_step import SFTLossConfig
 
 __all__ = ["DataConfig", "RMLossConfig", "RMRunConfig", "DPORunConfig", "SFTRunConfig"]
 

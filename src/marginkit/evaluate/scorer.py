@@ -1,20 +1,27 @@
 """The one scorer: tokenise, collate and score pairs exactly as training does (same template,
-truncation, pooling), so an RM's evaluation numbers are the numbers training would see."""
+truncation, pooling), so an RM's evaluation numbers are the numbers training would see.
+
+`score_rm_dir` scores a saved RM folder with its own tokenizer and saved settings; train-rm hands it to
+the margin strategies (margins.base.MarginSetup.score_rm) that read a reference RM's gaps."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from marginkit.configlib import from_dict
 from marginkit.data.collate import collate_pairs
-from marginkit.data.tokenize import EncodedPair
+from marginkit.data.ledger import Ledger
+from marginkit.data.tokenize import EncodedPair, TokenizeConfig, encode_pairs
+from marginkit.models import reward as reward_models  # module, so a test may count load_reward_model calls
 from marginkit.models.reward import score_batch
 
-__all__ = ["score_encoded", "swap_encoded"]
+__all__ = ["score_encoded", "score_rm_dir", "swap_encoded"]
 
 
 @torch.no_grad()
@@ -43,3 +50,25 @@ def swap_encoded(encoded: Sequence[EncodedPair]) -> list[EncodedPair]:
     """The same pairs with chosen and rejected exchanged (for the swap test)."""
     return [EncodedPair(p.rejected_ids, p.chosen_ids, p.prompt_len, -p.label_margin, -p.score_gap, -p.gold_gap, p.index)
             for p in encoded]
+
+
+def score_rm_dir(model_dir: str | Path, pairs: Sequence[Any], device: torch.device | str, batch_size: int = 32,
+                 progress: bool = False) -> np.ndarray:
+    """Gaps [N] float64 of a saved RM folder on `pairs`, scored as `eval-rm` scores (its own tokenizer
+    and saved scorer settings). NaN where those settings drop a pair (tokenize.on_too_long=drop).
+    A `margins.base.ScoreRM`: the confidence margin's reference and ensemble gaps come from here."""
+    settings = reward_models.load_scorer_settings(model_dir)
+    model, tokenizer = reward_models.load_reward_model(
+        reward_models.ModelConfig(name_or_path=str(model_dir), head_init="keep"))
+    tok_cfg = from_dict(TokenizeConfig, settings.get("tokenize", {}))
+    side = settings.get("padding_side", "right")
+    encoded = encode_pairs(list(pairs), tokenizer, tok_cfg, Ledger(), reward_models.is_encoder(model))
+    model.to(device)
+    chosen, rejected = score_encoded(model, encoded, tokenizer.pad_token_id, side, batch_size, device=device,
+                                     progress=progress)
+    gaps = np.full(len(pairs), np.nan)
+    gaps[[e.index for e in encoded]] = chosen - rejected  # [N]; dropped pairs stay NaN
+    del model
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return gaps

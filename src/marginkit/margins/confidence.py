@@ -33,14 +33,16 @@ Choices where the source is vague, and why:
   bound, mean - κ·std (sample std over the K models), so pairs the seeds disagree on are asked for
   a smaller margin. The per-pair std is logged either way (`ensemble_std`).
 - τ has no value in the source, so it has no default: set it when filter=below_confidence.
-- Reference and ensemble gaps are computed once in `prepare` (margins/reference.py: the RM's own
-  tokenizer and scorer settings, as eval-rm scores; cached on disk by data and model hashes) and
-  looked up per batch by the pair's index, so training costs what BT costs.
+- Reference and ensemble gaps are computed once in `prepare` (margins/reference.py, scored by the
+  injected `MarginSetup.score_rm`: the RM's own tokenizer and scorer settings, as eval-rm scores;
+  cached on disk by data and model hashes) and looked up per batch by the pair's index, so training
+  costs what BT costs.
 
 Diagnostics (logged as target_margins/<name>, averaged over the logging window's pairs):
-`filtered_fraction` (share of pairs with a_i = 0), `batch_mean_gap` (μ_B), `active_mean` (mean m_i
-over the micro-batch's active pairs, 0 when none; the window's exact value is target_margins/mean
-divided by target_margins/active_fraction), and `ensemble_std` (mean std_k Δ^k_i, ensemble only).
+`batch_mean_gap` (μ_B), `active_mean` (mean m_i over the micro-batch's active pairs, 0 when none;
+the window's exact value is target_margins/mean divided by target_margins/active_fraction), and
+`ensemble_std` (mean std_k Δ^k_i, ensemble only). The share of pairs with a_i = 0 is the step's own
+`target_margins/filtered_fraction` (1 - active, for every strategy).
 """
 
 from __future__ import annotations
@@ -179,9 +181,12 @@ class ConfidenceMargin:
         """Score setup.pairs with each reference RM (or load the cached gaps) and keep v_i per pair."""
         if not self.model_dirs:
             return
+        if setup.score_rm is None:
+            raise ValueError(f"confidence margin: source={self.config.source} scores reference RMs, but this run "
+                             "gives no scorer (MarginSetup.score_rm); train-rm and train-dpo pass one")
         data_key = pairs_fingerprint(setup.pairs)
-        found = [reference_gaps(d, setup.pairs, setup.cache_dir, setup.device, self.config.score_batch_size,
-                                setup.say, data_key) for d in self.model_dirs]
+        found = [reference_gaps(d, setup.pairs, setup.cache_dir, setup.device, setup.score_rm,
+                                self.config.score_batch_size, setup.say, data_key) for d in self.model_dirs]
         gaps = torch.from_numpy(np.stack([f.gaps for f in found]))  # [K, N] float64
         _require_scored(gaps, setup, self.model_dirs)
         self.set_reference_gaps(gaps, [f.path.name for f in found], setup.device)
@@ -213,8 +218,7 @@ class ConfidenceMargin:
         value = self._source_value(inputs, mu)  # [B]
         margin = clip(cfg.scale * value, cfg.min_margin, cfg.max_margin)  # [B]
         margin = torch.where(active, margin, 0.0).to(gap.dtype)  # [B]; inactive pairs: plain BT
-        diagnostics = {
-            "filtered_fraction": (~active).float(),  # [B]: its mean over pairs is the filtered share
+        diagnostics = {  # the filtered share is the step's target_margins/filtered_fraction (1 - active)
             "batch_mean_gap": mu.to(gap.dtype),
             "active_mean": margin.sum() / active.sum().clamp(min=1),
         }

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from marginkit.margins.base import MarginInputs, Margins
+from marginkit.margins.base import MarginInputs, Margins, MarginSetup
 
 __all__ = ["FixedMarginConfig", "FixedMargin"]
 
@@ -27,6 +27,9 @@ class FixedMargin:
     def __call__(self, inputs: MarginInputs) -> Margins:
         margin = torch.full_like(inputs.reward_gap, self.config.value)
         return Margins(margin, torch.ones_like(margin, dtype=torch.bool))
+
+    def prepare(self, setup: MarginSetup) -> None:
+        """Nothing to precompute."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

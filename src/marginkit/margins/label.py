@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from marginkit.margins._util import clip, require_finite
-from marginkit.margins.base import MarginInputs, Margins
+from marginkit.margins.base import MarginInputs, Margins, MarginSetup
 
 __all__ = ["LabelMarginConfig", "LabelMargin"]
 
@@ -63,6 +63,9 @@ class LabelMargin:
         if missing:
             raise ValueError(f"label margin: score-gap levels {missing} are not in table {table}; add them")
         return torch.tensor([float(table[int(v)]) for v in levels.tolist()], dtype=levels.dtype)
+
+    def prepare(self, setup: MarginSetup) -> None:
+        """Nothing to precompute."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from marginkit.margins.base import MarginInputs, Margins
+from marginkit.margins.base import MarginInputs, Margins, MarginSetup
 
 __all__ = ["NoMarginConfig", "NoMargin"]
 
@@ -27,6 +27,9 @@ class NoMargin:
     def __call__(self, inputs: MarginInputs) -> Margins:
         zeros = torch.zeros_like(inputs.reward_gap)
         return Margins(zeros, torch.zeros_like(zeros, dtype=torch.bool))
+
+    def prepare(self, setup: MarginSetup) -> None:
+        """Nothing to precompute."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

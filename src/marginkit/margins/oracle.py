@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from marginkit.margins._util import clip, require_finite
-from marginkit.margins.base import MarginInputs, Margins
+from marginkit.margins.base import MarginInputs, Margins, MarginSetup
 
 __all__ = ["OracleMarginConfig", "OracleMargin"]
 
@@ -36,6 +36,9 @@ class OracleMargin:
         cfg = self.config
         margin = clip(cfg.scale * inputs.gold_gap.to(inputs.reward_gap.dtype), cfg.min_margin, cfg.max_margin)
         return Margins(margin, torch.ones_like(margin, dtype=torch.bool))
+
+    def prepare(self, setup: MarginSetup) -> None:
+        """Nothing to precompute."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -7,7 +7,8 @@ ensemble of K RMs that differ only by seed gives K gaps per pair; `ensemble_gaps
 their mean and (sample) standard deviation, the preference strength and its uncertainty of
 "Secrets of RLHF II" (Wang et al. 2024, arXiv:2401.06080, sec. 2.1).
 
-Scoring follows `marginkit.evaluate.rm_eval.evaluate_rm_dir`: each RM folder is scored with its own
+Scoring is injected (`MarginSetup.score_rm`, a `ScoreRM`): train-rm passes
+`marginkit.evaluate.scorer.score_rm_dir`, which scores each RM folder as `eval-rm` does, with its own
 tokenizer and its own saved scorer settings (marginkit_scorer.json: template, truncation, padding
 side), never with the training run's tokenizer, so the gaps here are the gaps `eval-rm` reports.
 
@@ -20,8 +21,8 @@ shared by a reference run and an ensemble run is scored once. Files are written 
 and renamed, so concurrent processes (every rank of a multi-GPU run scores on its own device when
 the cache is cold) never see a half-written file.
 
-Heavy imports (transformers via models/, the scorer) happen inside the functions that score, so
-importing the margins package stays light.
+This module imports numpy, torch and the standard library only: the heavy scorer (transformers via
+models/) lives in evaluate/ and is passed in.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from marginkit.margins.base import ScoreRM
+
 __all__ = ["CACHE_VERSION", "ReferenceGaps", "pairs_fingerprint", "model_fingerprint", "cache_path",
-           "score_rm_dir", "reference_gaps", "ensemble_gaps"]
+           "reference_gaps", "ensemble_gaps"]
 
 CACHE_VERSION = "marginkit-reference-gaps-v1"  # bump when scoring changes, to invalidate old caches
 
@@ -92,34 +95,6 @@ def cache_path(cache_dir: str | Path, data_key: str, model_key: str) -> Path:
     return Path(cache_dir) / "reference_gaps" / f"{key}.npz"
 
 
-def score_rm_dir(model_dir: str | Path, pairs: Sequence[Any], device: torch.device | str, batch_size: int = 32,
-                 progress: bool = False) -> np.ndarray:
-    """Gaps [N] float64 of a saved RM folder on `pairs`, scored as `eval-rm` scores (its own tokenizer
-    and saved scorer settings). NaN where those settings drop a pair (tokenize.on_too_long=drop)."""
-    # Imported here, not at the top: these pull in transformers, and the scorer is evaluate/'s (the one
-    # scorer eval-rm uses), which margins/ must not depend on at import time.
-    from marginkit.configlib import from_dict
-    from marginkit.data.ledger import Ledger
-    from marginkit.data.tokenize import TokenizeConfig, encode_pairs
-    from marginkit.evaluate.scorer import score_encoded
-    from marginkit.models.reward import ModelConfig, is_encoder, load_reward_model, load_scorer_settings
-
-    settings = load_scorer_settings(model_dir)
-    model, tokenizer = load_reward_model(ModelConfig(name_or_path=str(model_dir), head_init="keep"))
-    tok_cfg = from_dict(TokenizeConfig, settings.get("tokenize", {}))
-    side = settings.get("padding_side", "right")
-    encoded = encode_pairs(list(pairs), tokenizer, tok_cfg, Ledger(), is_encoder(model))
-    model.to(device)
-    chosen, rejected = score_encoded(model, encoded, tokenizer.pad_token_id, side, batch_size, device=device,
-                                     progress=progress)
-    gaps = np.full(len(pairs), np.nan)
-    gaps[[e.index for e in encoded]] = chosen - rejected  # [N]; dropped pairs stay NaN
-    del model
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-    return gaps
-
-
 def _write_atomic(path: Path, gaps: np.ndarray, meta: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -147,12 +122,11 @@ def _read(path: Path, n: int, model_key: str) -> np.ndarray | None:
 
 
 def reference_gaps(model_dir: str | Path, pairs: Sequence[Any], cache_dir: str | Path, device: torch.device | str,
-                   batch_size: int = 32, say: Callable[[str], None] = print, data_key: str | None = None,
-                   score: Callable[..., np.ndarray] = score_rm_dir) -> ReferenceGaps:
-    """One RM's gaps on `pairs`, from the cache when it holds them, else scored and cached.
+                   score: ScoreRM, batch_size: int = 32, say: Callable[[str], None] = print,
+                   data_key: str | None = None) -> ReferenceGaps:
+    """One RM's gaps on `pairs`, from the cache when it holds them, else scored with `score` and cached.
 
-    `data_key` (pairs_fingerprint) may be passed in to hash the data once for several models;
-    `score` is the scoring function (tests pass a counting wrapper).
+    `data_key` (pairs_fingerprint) may be passed in to hash the data once for several models.
     """
     data_key = data_key or pairs_fingerprint(pairs)
     model_key = model_fingerprint(model_dir)

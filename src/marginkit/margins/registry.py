@@ -1,6 +1,8 @@
 """The margin-strategy registry and the `margin:` section of a run config.
 
 Adding a strategy: one file in margins/, one line in MARGINS, one field in MarginSpec, one test.
+MARGINS is the one list of names: `MarginName` (the Literal `margin.name` is checked against) and the
+help text are built from it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from marginkit.margins.none import NoMargin, NoMarginConfig
 from marginkit.margins.oracle import OracleMargin, OracleMarginConfig
 from marginkit.margins.ot import OTMargin, OTMarginConfig
 
-__all__ = ["MARGINS", "MarginSpec", "build_margin"]
+__all__ = ["MARGINS", "MarginName", "MarginSpec", "build_margin"]
 
 # name -> strategy class; each class takes its config dataclass (the MarginSpec field of the same name).
 MARGINS: dict[str, Any] = {
@@ -24,18 +26,19 @@ MARGINS: dict[str, Any] = {
     "fixed": FixedMargin,
     "label": LabelMargin,
     "oracle": OracleMargin,
-    "ot": OTMargin,
     "confidence": ConfidenceMargin,
+    "ot": OTMargin,
 }
+
+MarginName = Literal[tuple(MARGINS)]  # type: ignore[valid-type]  # the registry's names, in its order
 
 
 @dataclass
 class MarginSpec:
     """Which margin strategy to train with, and each strategy's options."""
 
-    name: Literal["none", "fixed", "label", "oracle", "confidence", "ot"] = field(
-        default="none", metadata={"help": "Margin strategy: none (plain BT), fixed, label, oracle, confidence, ot."}
-    )
+    name: MarginName = field(default="none", metadata={
+        "help": f"Margin strategy, one of {', '.join(MARGINS)} (none: plain BT; docs/margins.md)."})
     fixed: FixedMarginConfig = field(default_factory=FixedMarginConfig)
     label: LabelMarginConfig = field(default_factory=LabelMarginConfig)
     oracle: OracleMarginConfig = field(default_factory=OracleMarginConfig)

@@ -1,8 +1,18 @@
-"""Training: the Accelerate engine (engine.py), the RM step (rm_step.py), the train-rm pipeline (rm.py)."""
+"""Training: the engine (engine.py), one step per objective (rm_step.py, dpo_step.py, sft_step.py), the run
+setup every trainer shares (setup.py), and the trainers (rm.py, sft.py, dpo.py), imported from their modules.
 
-from marginkit.train.engine import Engine, NonFiniteLossError, TrainConfig, epoch_order
-from marginkit.train.rm import RMRunResult, train_reward_model
-from marginkit.train.rm_step import StepOutput, rm_step
+The package imports no trainer, so `marginkit.config` (which imports the engine and the steps' configs)
+never loads one."""
 
-__all__ = ["Engine", "NonFiniteLossError", "RMRunResult", "StepOutput", "TrainConfig", "epoch_order", "rm_step",
-           "train_reward_model"]
+from marginkit.train.engine import (
+           DPOTrainConfig,
+           Engine,
+           NonFiniteLossError,
+           SFTTrainConfig,
+           StepOutput,
+           TrainConfig,
+           epoch_order,
+)
+
+__all__ = ["DPOTrainConfig", "Engine", "NonFiniteLossError", "SFTTrainConfig", "StepOutput", "TrainConfig",
+           "epoch_order"]

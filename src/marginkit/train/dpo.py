@@ -20,23 +20,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
+from marginkit.config import DPORunConfig
 from marginkit.configlib import to_dict
-from marginkit.data.collate import LayoutPairCollator, PairCollator
+from marginkit.data.collate import PairCollator
 from marginkit.data.ledger import Ledger
 from marginkit.data.schema import Pair
 from marginkit.data.tokenize import EncodedPair
 from marginkit.evaluate.dpo_eval import eval_metrics, score_preferences
 from marginkit.losses.dpo import DPOLoss, build_dpo_loss
-from marginkit.margins import MarginSetup, MarginStrategy, build_margin
+from marginkit.margins import MarginStrategy
 from marginkit.models.packing import compile_blocks, select_attention
 from marginkit.models.policy import load_policy, save_policy
 from marginkit.models.ref_cache import (
@@ -51,30 +52,22 @@ from marginkit.models.ref_cache import (
     write_ref_logps,
 )
 from marginkit.train.dpo_step import dpo_step
-from marginkit.train.engine import Engine, TrainConfig
-from marginkit.train.rm import check_margin_inputs, make_accelerator
-from marginkit.train.sft import (
+from marginkit.train.engine import Engine
+from marginkit.train.setup import (
     audit_masks,
-    flat_config,
+    finish_run,
+    load_data,
     load_encoded,
-    make_optimizer,
+    make_accelerator,
+    pair_collator,
+    pair_ids,
     policy_settings,
+    prepare_optimization,
+    setup_margin,
     start_run,
 )
 
-if TYPE_CHECKING:  # annotations only: config.py imports this module
-    from marginkit.config import DPORunConfig
-
-__all__ = ["DPOTrainConfig", "DPORunResult", "train_dpo", "precompute_reference", "reference_digest"]
-
-
-@dataclass
-class DPOTrainConfig(TrainConfig):
-    """TrainConfig with DPO defaults that differ: output_dir runs/dpo; learning rate 1e-6 (the DPO paper
-    and TRL's DPOConfig; the RM default 9e-6 is too high for a pretrained policy)."""
-
-    output_dir: str = field(default="runs/dpo", metadata={"help": "Run folder: metrics, checkpoints, final policy."})
-    learning_rate: float = field(default=1e-6, metadata={"help": "Peak AdamW learning rate (DPO paper, TRL: 1e-6)."})
+__all__ = ["DPORunResult", "train_dpo", "precompute_reference", "reference_digest"]
 
 
 @dataclass
@@ -126,14 +119,8 @@ def _references(cfg: DPORunConfig, policy: nn.Module, train_set: list[EncodedPai
 
 def _margin(cfg: DPORunConfig, loss_fn: DPOLoss, train_set: list[EncodedPair], train_pairs: list[Pair],
             pad_id: int, device: torch.device, say: Callable[[str], None]) -> MarginStrategy | None:
-    if not loss_fn.uses_offset:
-        return None
-    strategy = build_margin(cfg.margin)
-    check_margin_inputs(strategy, cfg.margin.name, train_set, train_pairs, cfg.data.train or "train pairs")
-    if hasattr(strategy, "prepare"):  # precompute per-pair values (a reference RM's gaps) once
-        strategy.prepare(MarginSetup(train_set, train_pairs, pad_id, cfg.data.padding_side, device,
-                                     cfg.data.resolved_cache_dir(), say))
-    return strategy
+    """ODPO's offset strategy (train/setup.py: built, checked against the data, prepared); None for other losses."""
+    return setup_margin(cfg, train_set, train_pairs, pad_id, device, say) if loss_fn.uses_offset else None
 
 
 def _evaluate(acc: Accelerator, model: nn.Module, eval_set: list[EncodedPair], reference: ReferenceSource | None,
@@ -151,24 +138,17 @@ def train_dpo(cfg: DPORunConfig, train_pairs: list[Pair] | None = None, eval_pai
     policy, tokenizer = load_policy(cfg.model)
     attention = select_attention(policy, cfg.train.forward, cfg.train.attention)  # refuses unsupported layouts
     tokenizer.padding_side = cfg.data.padding_side
-    train_pairs, train_set, _, eval_set, ledger = load_encoded(cfg.data, tokenizer, train_pairs, eval_pairs)
-    if acc.is_main_process:
-        ledger.write(out / "ledger.json")
-    say(f"data: {ledger.summary()}")
+    train_pairs, train_set, _, eval_set, ledger = load_data(cfg.data, tokenizer, train_pairs, eval_pairs, acc, out,
+                                                            say)
     loss_fn = build_dpo_loss(cfg.loss, seed=cfg.train.seed)
     reference, eval_reference, ref_record = _references(cfg, policy, train_set, eval_set, acc.device, say)
     strategy = _margin(cfg, loss_fn, train_set, train_pairs, tokenizer.pad_token_id, acc.device, say)
     if cfg.train.torch_compile:  # after the reference copy: the frozen reference runs uncompiled
         compile_blocks(policy)
     pad = tokenizer.pad_token_id
-    collate = (PairCollator(pad, cfg.data.padding_side) if cfg.train.forward == "padded" else
-               LayoutPairCollator(pad, cfg.train.forward, cfg.data.padding_side))
+    collate = pair_collator(pad, cfg.train.forward, cfg.data.padding_side)
     audit_masks(train_set, PairCollator(pad, cfg.data.padding_side), tokenizer, cfg.mask_audit, say)
-
-    optimizer, scheduler, total = make_optimizer(policy, cfg.train, len(train_set))
-    policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
-    if cfg.train.report_to:
-        acc.init_trackers("marginkit", config=flat_config(to_dict(cfg)))
+    policy, optimizer, scheduler, total = prepare_optimization(acc, cfg, policy, len(train_set))
     say(f"training {loss_fn.name!r} (beta {loss_fn.beta}): {len(train_set)} pairs, {total} steps of "
         f"{cfg.train.pairs_per_step} pairs, {acc.num_processes} process(es), precision {acc.mixed_precision}, "
         f"forward {cfg.train.forward} (attention {attention}{', compiled blocks' if cfg.train.torch_compile else ''})")
@@ -182,7 +162,7 @@ def train_dpo(cfg: DPORunConfig, train_pairs: list[Pair] | None = None, eval_pai
     probe = loss_fn.loss_at_zero_gap(torch.zeros(1), torch.zeros(1) if loss_fn.uses_offset else None)
     expected = "diagnostics/loss_at_zero_gap" if probe is not None else None
     engine = Engine(cfg.train, acc, policy, optimizer, scheduler, collate, stateful=stateful, save_model=save_model,
-                    ids=[p.id or f"#{i}" for i, p in enumerate(train_pairs)], expected_initial_loss=expected)
+                    ids=pair_ids(train_pairs), expected_initial_loss=expected)
     if cfg.train.resume_from:
         engine.resume(cfg.train.resume_from)
     evaluate = partial(_evaluate, acc, policy, eval_set, eval_reference, loss_fn, cfg, pad) if eval_set else None
@@ -190,11 +170,7 @@ def train_dpo(cfg: DPORunConfig, train_pairs: list[Pair] | None = None, eval_pai
                       nll_weight=cfg.loss.nll_weight, chunk_size=cfg.model.chunk_size)
     engine.fit(step_fn, train_set, evaluate)
 
-    model_dir = out / "model"
-    if acc.is_main_process:
-        save_model(model_dir)
-    acc.wait_for_everyone()
-    acc.end_training()
+    model_dir = finish_run(acc, out, save_model)
     final = next((row for row in reversed(engine.history) if "eval_loss" in row), None)
     return DPORunResult(out, model_dir, engine.history, ledger, final)
 

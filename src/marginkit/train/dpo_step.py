@@ -9,22 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from marginkit.evaluate.accuracy import pair_outcomes
 from marginkit.losses.dpo import DPOLoss, PreferenceLogps, chosen_nll
-from marginkit.margins import MarginInputs, MarginStrategy, check_margin_shape
+from marginkit.margins import MarginInputs, MarginStrategy, target_margins
 from marginkit.models.pair_forward import batch_logps
 from marginkit.models.ref_cache import ReferenceSource
-from marginkit.train.rm_step import StepOutput
+from marginkit.train.engine import StepOutput
 
-__all__ = ["dpo_step", "offsets"]
-
-
-def offsets(margin_fn: MarginStrategy, reward_gap: torch.Tensor, batch: dict[str, torch.Tensor],
-            step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ODPO's per-pair offsets from any margin strategy: (target_margin [B] detached, 0 where inactive; active [B])."""
-    margins = margin_fn(MarginInputs(reward_gap, batch["label_margin"], batch["score_gap"], batch["gold_gap"], step,
-                                     None, None, batch.get("index")))
-    check_margin_shape(margins.target_margin, reward_gap, type(margin_fn).__name__)
-    return torch.where(margins.active, margins.target_margin, 0.0).detach(), margins.active
+__all__ = ["dpo_step"]
 
 
 def dpo_step(model: nn.Module, batch: dict[str, torch.Tensor], step: int, loss_fn: DPOLoss,
@@ -36,8 +28,10 @@ def dpo_step(model: nn.Module, batch: dict[str, torch.Tensor], step: int, loss_f
     ref = reference(batch)  # ([B], [B]) summed reference log-probs, or None (reference-free)
     ref_c, ref_r = ref if ref is not None else (torch.zeros_like(chosen.sum), torch.zeros_like(rejected.sum))
     raw_gap = ((chosen.sum - ref_c) - (rejected.sum - ref_r)).detach()  # [B] h, unscaled
-    target_margin, active = (offsets(margin_fn, loss_fn.beta * raw_gap, batch, step) if margin_fn is not None
-                             else (None, None))
+    # ODPO's offsets from the margin strategy, on the scaled gap β h: m [B] (0 where inactive), active [B]
+    margins = (target_margins(margin_fn, MarginInputs.from_batch(loss_fn.beta * raw_gap, batch, step))
+               if margin_fn is not None else None)
+    target_margin = margins.target_margin if margins is not None else None  # [B] or None
     logps = PreferenceLogps(chosen.sum, rejected.sum, ref_c if ref is not None else None,
                             ref_r if ref is not None else None, chosen.n_tokens, rejected.n_tokens)
     out = loss_fn(logps, target_margin)  # losses [B] with grad, rewards [B] detached
@@ -53,7 +47,7 @@ def dpo_step(model: nn.Module, batch: dict[str, torch.Tensor], step: int, loss_f
             "rewards/chosen": out.chosen_rewards.sum(),
             "rewards/rejected": out.rejected_rewards.sum(),
             "rewards/margins": reward_gap.sum(),
-            "rewards/accuracies": (reward_gap > 0).float().sum(),
+            "rewards/accuracies": pair_outcomes(reward_gap).sum(),  # ties count 1/2 (evaluate/accuracy.py)
             "logps/chosen": chosen.sum.detach().sum(),
             "logps/rejected": rejected.sum.detach().sum(),
             "logratios/gap_raw": raw_gap.sum(),
@@ -66,10 +60,10 @@ def dpo_step(model: nn.Module, batch: dict[str, torch.Tensor], step: int, loss_f
             stats["diagnostics/loss_at_zero_gap"] = (pair_weight * zero + nll_weight * nll.detach()).sum()
         if nll_weight:
             stats["nll/chosen"] = nll.detach().sum()
-        if target_margin is not None:
+        if margins is not None:
             stats["target_margins/mean"] = target_margin.sum()
             stats["target_margins/sq"] = (target_margin ** 2).sum()
-            stats["target_margins/active_fraction"] = active.float().sum()
+            stats["target_margins/active_fraction"] = margins.active.float().sum()
         if "beta" in out.extras:
             stats["beta/effective"] = out.extras["beta"].sum()
             stats["beta/reference_margin"] = out.extras["reference_margin"].sum()

@@ -33,9 +33,9 @@ from marginkit.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from marginkit.train.rm_step import StepOutput
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "Engine", "epoch_order"]
+__all__ = ["TrainConfig", "SFTTrainConfig", "DPOTrainConfig", "StepOutput", "NonFiniteLossError", "Engine",
+           "epoch_order"]
 
 
 @dataclass
@@ -104,6 +104,36 @@ class TrainConfig:
     def total_steps(self, n_pairs: int) -> int:
         full = self.steps_per_epoch(n_pairs) * self.num_epochs
         return min(full, self.max_steps) if self.max_steps > 0 else full
+
+
+@dataclass
+class SFTTrainConfig(TrainConfig):
+    """TrainConfig with SFT defaults that differ: output_dir runs/sft; learning rate 2e-5 (TRL SFTConfig)."""
+
+    output_dir: str = field(default="runs/sft", metadata={"help": "Run folder: metrics, checkpoints, final model."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak AdamW learning rate (TRL SFTConfig: 2e-5)."})
+
+
+@dataclass
+class DPOTrainConfig(TrainConfig):
+    """TrainConfig with DPO defaults that differ: output_dir runs/dpo; learning rate 1e-6 (the DPO paper
+    and TRL's DPOConfig; the RM default 9e-6 is too high for a pretrained policy)."""
+
+    output_dir: str = field(default="runs/dpo", metadata={"help": "Run folder: metrics, checkpoints, final policy."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak AdamW learning rate (DPO paper, TRL: 1e-6)."})
+
+
+@dataclass
+class StepOutput:
+    """What every step function returns to the engine (rm_step, dpo_step, sft_step).
+
+    loss_sum: sum over the micro-batch's pairs (with grad; the engine normalises).
+    terms: per-pair detached loss terms [B] (to name the culprit of a NaN).
+    stats: metric sums over pairs (detached), keyed by metric name, plus "count"."""
+
+    loss_sum: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    stats: dict[str, torch.Tensor]
 
 
 class NonFiniteLossError(RuntimeError):

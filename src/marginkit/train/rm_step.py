@@ -5,46 +5,16 @@ Read top to bottom; the engine (train/engine.py) does backward, accumulation and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from marginkit.evaluate.accuracy import pair_outcomes
 from marginkit.losses import bt_loss, centering_penalty
-from marginkit.margins import MarginInputs, Margins, MarginStrategy, check_margin_shape
+from marginkit.margins import MarginInputs, MarginStrategy, target_margins
 from marginkit.models.pair_forward import score_pairs
+from marginkit.train.engine import StepOutput
 
-__all__ = ["StepOutput", "rm_step", "target_margins"]
-
-
-@dataclass
-class StepOutput:
-    """loss_sum: sum over the micro-batch's pairs (with grad; the engine normalises).
-    terms: per-pair detached loss terms [B] (to name the culprit of a NaN).
-    stats: metric sums over pairs (detached), keyed by metric name, plus "count"."""
-
-    loss_sum: torch.Tensor
-    terms: dict[str, torch.Tensor]
-    stats: dict[str, torch.Tensor]
-
-
-def target_margins(
-    margin_fn: MarginStrategy,
-    chosen: torch.Tensor,
-    rejected: torch.Tensor,
-    batch: dict[str, torch.Tensor],
-    step: int,
-    emb_c: torch.Tensor | None = None,
-    emb_r: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, Margins]:
-    """The strategy's target margin m [B] for rewards chosen/rejected [B] (detached; inactive pairs get 0,
-    i.e. plain BT) and the strategy's raw output. `batch` holds label_margin, score_gap, gold_gap [B] and
-    optionally index [B]. Shared by rm_step and the real-data study's frozen-feature head."""
-    reward_gap = (chosen - rejected).detach()  # [B]
-    margins = margin_fn(MarginInputs(reward_gap, batch["label_margin"], batch["score_gap"], batch["gold_gap"],
-                                     step, emb_c, emb_r, batch.get("index")))
-    check_margin_shape(margins.target_margin, reward_gap, type(margin_fn).__name__)
-    return torch.where(margins.active, margins.target_margin, 0.0).detach(), margins
+__all__ = ["rm_step"]
 
 
 def rm_step(
@@ -60,7 +30,8 @@ def rm_step(
     chosen, rejected = rewards.chunk(2)  # [2B] -> [B], [B]
     reward_gap = (chosen - rejected).detach()  # [B]
     emb_c, emb_r = hidden.chunk(2) if hidden is not None else (None, None)  # [2B, D] -> [B, D] x 2
-    target_margin, margins = target_margins(margin_fn, chosen, rejected, batch, step, emb_c, emb_r)  # [B]
+    margins = target_margins(margin_fn, MarginInputs.from_batch(reward_gap, batch, step, emb_c, emb_r))
+    target_margin = margins.target_margin  # [B], detached, 0 on inactive pairs
     bt = bt_loss(chosen, rejected, target_margin).losses  # [B]
     center = center_coef * centering_penalty(chosen, rejected) if center_coef else torch.zeros_like(bt)  # [B]
     per_pair_loss = bt + center  # [B]
@@ -76,7 +47,7 @@ def rm_step(
             "rewards/chosen": chosen.detach().sum(),
             "rewards/rejected": rejected.detach().sum(),
             "rewards/margins": reward_gap.sum(),
-            "rewards/accuracies": (reward_gap > 0).float().sum(),
+            "rewards/accuracies": pair_outcomes(reward_gap).sum(),  # ties count 1/2 (evaluate/accuracy.py)
             "target_margins/mean": target_margin.sum(),
             "target_margins/sq": (target_margin**2).sum(),
             "target_margins/active_fraction": active.sum(),
@@ -88,8 +59,19 @@ def rm_step(
             "diagnostics/loss_at_zero_gap": torch.nn.functional.softplus(target_margin.float()).sum(),
             "count": torch.tensor(float(len(bt)), device=bt.device),
         }
-        for name, value in margins.diagnostics.items():
-            stats[f"target_margins/{name}"] = value.float().sum() if value.dim() else value.float() * len(bt)
+        stats.update(_diagnostic_sums(margins.diagnostics, len(bt), stats))
     terms = {"bt": bt.detach(), "center": center.detach(), "rewards/chosen": chosen.detach(),
              "rewards/rejected": rejected.detach()}
     return StepOutput(per_pair_loss.sum(), terms, stats)
+
+
+def _diagnostic_sums(diagnostics: dict[str, torch.Tensor], n: int, taken: dict[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+    """A strategy's diagnostics as sums over the n pairs under `target_margins/<name>` (a [B] value is summed,
+    a scalar counts once per pair). A name the step already logs raises: each metric is written once."""
+    sums = {f"target_margins/{k}": v.float().sum() if v.dim() else v.float() * n for k, v in diagnostics.items()}
+    clash = sorted(sums.keys() & taken.keys())
+    if clash:
+        raise ValueError(f"margin diagnostics {clash} would overwrite the step's own metrics of the same name; "
+                         "rename them in the strategy")
+    return sums

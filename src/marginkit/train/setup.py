@@ -1,0 +1,263 @@
+"""The run setup every trainer shares: train-rm (rm.py), train-sft (sft.py), train-dpo and precompute-ref (dpo.py).
+
+One copy of each setup step, so the trainers cannot drift apart:
+- the accelerator, and the distributed set-ups the engine refuses (`make_accelerator`, `check_parallel`);
+- the run folder: seed, config.yaml written once by the main process, a fresh metrics.jsonl (`start_run`);
+- the pairs read, validated and tokenised, with their ledger written by the main process (`load_data`);
+- AdamW over the trainable parameters, its warm-up + decay schedule, trackers (`prepare_optimization`);
+- the margin strategy built, checked against the data and prepared once (`setup_margin`);
+- the loss-mask audit of the policy trainers (`audit_masks`) and the final save (`finish_run`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+from torch import nn
+from transformers import get_scheduler
+
+from marginkit.config import DataConfig
+from marginkit.configlib import to_dict
+from marginkit.data.collate import LayoutPairCollator, PairCollator
+from marginkit.data.ledger import Ledger
+from marginkit.data.load import load_pairs
+from marginkit.data.schema import DataError, Pair
+from marginkit.data.tokenize import EncodedPair, encode_pairs
+from marginkit.diagnostics.mask_audit import MaskAuditError, audit_loss_mask, probe_loss_mask
+from marginkit.evaluate.scorer import score_rm_dir
+from marginkit.margins import MarginSetup, MarginStrategy, build_margin
+from marginkit.models.logprobs import sequence_logps
+from marginkit.train.engine import TrainConfig
+
+__all__ = ["make_accelerator", "check_parallel", "start_run", "load_encoded", "load_data", "make_optimizer",
+           "prepare_optimization", "flat_config", "check_margin_inputs", "setup_margin", "pair_collator",
+           "audit_masks", "pair_ids", "policy_settings", "finish_run"]
+
+# margin `needs` -> (EncodedPair attribute, the data field to name in the error)
+_NEEDS_FIELD = {"score_gap": ("score_gap", "score_chosen/score_rejected"), "label_margin": ("label_margin", "margin"),
+                "gold_gap": ("gold_gap", "gold_chosen/gold_rejected")}
+
+
+def make_accelerator(train_cfg: TrainConfig) -> Accelerator:
+    """The Accelerator for `train_cfg`: its precision (auto: bf16 on a GPU that supports it), whole global
+    micro-batches split between processes, trackers; refuses what `check_parallel` refuses."""
+    precision = train_cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # split_batches must go through DataLoaderConfiguration: Accelerate 1.x still accepts
+    # Accelerator(split_batches=True) but ignores it, giving each process whole batches.
+    dl_config = DataLoaderConfiguration(split_batches=True)
+    acc = Accelerator(dataloader_config=dl_config, mixed_precision=precision,
+                      log_with=train_cfg.report_to or None, project_dir=train_cfg.output_dir)
+    if train_cfg.batch_size % acc.num_processes:
+        raise ValueError(f"train.batch_size={train_cfg.batch_size} must be divisible by the {acc.num_processes} "
+                         "processes (it is the global micro-batch, split between them)")
+    check_parallel(train_cfg, acc)
+    return acc
+
+
+def check_parallel(train_cfg: TrainConfig, acc: Any) -> None:
+    """Refuse, before any work, the distributed set-ups the engine cannot run correctly (docs/speed.md, feature
+    matrix), and give DeepSpeed the per-process micro-batch (the engine builds its own data loader).
+
+    - FSDP and DeepSpeed ZeRO-3 shard the parameters, but the final model, checkpoints, resume and evaluation
+      read `accelerator.unwrap_model(model)`, which then holds one process's shard.
+    - DeepSpeed steps the optimizer inside every `backward` (the engine accumulates with `no_sync`), clips
+      with its own config, and keeps optimizer states partitioned per process (the engine saves rank 0's).
+    """
+    kind = acc.distributed_type
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    stage = getattr(plugin, "zero_stage", None) if kind == DistributedType.DEEPSPEED else None
+    if kind == DistributedType.FSDP or stage == 3:
+        what = "FSDP" if kind == DistributedType.FSDP else "DeepSpeed ZeRO-3"
+        raise ValueError(f"{what} is not supported yet: it shards the parameters, and the final model, checkpoints, "
+                         "resume and evaluation read the unwrapped model, which would hold one shard. Use DDP "
+                         "(configs/accelerate/ddp.yaml) or DeepSpeed ZeRO-2 (configs/accelerate/zero2.yaml)")
+    if kind != DistributedType.DEEPSPEED:
+        return
+    if train_cfg.gradient_accumulation_steps != 1:
+        raise ValueError(f"train.gradient_accumulation_steps={train_cfg.gradient_accumulation_steps} under DeepSpeed: "
+                         "DeepSpeed steps the optimizer at every backward, so the engine cannot accumulate. Use 1 and "
+                         "raise train.batch_size, or use DDP")
+    clip = plugin.deepspeed_config.get("gradient_clipping")
+    clip = None if clip in (None, "auto", 0, 0.0) else float(clip)
+    if clip != train_cfg.max_grad_norm:
+        raise ValueError(f"train.max_grad_norm={train_cfg.max_grad_norm} but the DeepSpeed config clips at {clip}: "
+                         "DeepSpeed does the clipping. Set gradient_clipping in the DeepSpeed config to the same value "
+                         "(configs/accelerate/zero2.yaml has 1.0) or train.max_grad_norm=null")
+    if train_cfg.save_every or train_cfg.resume_from:
+        raise ValueError("train.save_every / train.resume_from under DeepSpeed: the optimizer states are partitioned "
+                         "per process and the engine's checkpoint holds rank 0's only, so resume would be wrong. "
+                         "Train without intermediate checkpoints (the final model is saved), or use DDP")
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = train_cfg.batch_size // acc.num_processes
+
+
+def start_run(cfg: Any, console: Callable[[str], None]) -> tuple[Accelerator, Path, Callable[[str], None]]:
+    """Accelerator, seed, and the run folder `cfg.train.output_dir`; returns (accelerator, folder, say), where
+    `say` prints on the main process only. The main process alone writes config.yaml and, for a fresh (not
+    resumed) run, removes an old metrics.jsonl: every process writing the same file races."""
+    acc = make_accelerator(cfg.train)
+    say = console if acc.is_main_process else (lambda _: None)
+    set_seed(cfg.train.seed)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if acc.is_main_process:
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if cfg.train.resume_from is None and (out / "metrics.jsonl").exists():
+            (out / "metrics.jsonl").unlink()
+    return acc, out, say
+
+
+def _read(source: str, data: DataConfig, ledger: Ledger) -> list[Pair]:
+    pairs, _ = load_pairs(source, format=data.format, on_invalid=data.on_invalid, ledger=ledger)
+    return pairs
+
+
+def load_encoded(data: DataConfig, tokenizer: Any, train_pairs: list[Pair] | None, eval_pairs: list[Pair] | None,
+                 encoder: bool = False) -> tuple[list[Pair], list[EncodedPair], list[Pair], list[EncodedPair], Ledger]:
+    """(train pairs, their tokens, eval pairs, their tokens, the train ledger): pairs given in memory, or read
+    from data.train / data.eval, tokenised as configured (`encoder`: the backbone is an encoder, which reads
+    [CLS] rather than the last token). Raises ValueError, with the ledger's summary, when no training pair is
+    left."""
+    ledger = Ledger()
+    if train_pairs is None:
+        train_pairs = _read(data.train, data, ledger)
+    else:
+        ledger.read(len(train_pairs))
+        ledger.keep(len(train_pairs))
+    train_set = encode_pairs(train_pairs, tokenizer, data.tokenize, ledger, encoder)
+    eval_ledger = Ledger()
+    if eval_pairs is None and data.eval:
+        eval_pairs = _read(data.eval, data, eval_ledger)
+    eval_pairs = eval_pairs or []
+    eval_set = encode_pairs(eval_pairs, tokenizer, data.tokenize, eval_ledger, encoder) if eval_pairs else []
+    if not train_set:
+        raise ValueError(f"no training pairs left after loading ({ledger.summary()})")
+    return train_pairs, train_set, eval_pairs, eval_set, ledger
+
+
+def load_data(data: DataConfig, tokenizer: Any, train_pairs: list[Pair] | None, eval_pairs: list[Pair] | None,
+              acc: Accelerator, out: Path, say: Callable[[str], None], encoder: bool = False,
+              ) -> tuple[list[Pair], list[EncodedPair], list[Pair], list[EncodedPair], Ledger]:
+    """`load_encoded`, then the ledger written to the run folder by the main process and summarised."""
+    train_pairs, train_set, eval_pairs, eval_set, ledger = load_encoded(data, tokenizer, train_pairs, eval_pairs,
+                                                                        encoder)
+    if acc.is_main_process:
+        ledger.write(out / "ledger.json")
+    say(f"data: {ledger.summary()}")
+    return train_pairs, train_set, eval_pairs, eval_set, ledger
+
+
+def make_optimizer(model: nn.Module, train: TrainConfig, n_pairs: int) -> tuple[Any, Any, int]:
+    """AdamW over the trainable parameters only (frozen ones never reach it) and the warm-up + decay
+    schedule; returns (optimizer, scheduler, optimizer steps)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.learning_rate,
+                                  weight_decay=train.weight_decay, betas=(train.adam_beta1, train.adam_beta2))
+    total = train.total_steps(n_pairs)
+    scheduler = get_scheduler(train.lr_scheduler, optimizer, num_warmup_steps=int(train.warmup_ratio * total),
+                              num_training_steps=total)
+    return optimizer, scheduler, total
+
+
+def prepare_optimization(acc: Accelerator, cfg: Any, model: nn.Module, n_pairs: int) -> tuple[Any, Any, Any, int]:
+    """`make_optimizer`, everything handed to the accelerator, and the trackers started with the flat config;
+    returns (model, optimizer, scheduler, optimizer steps)."""
+    optimizer, scheduler, total = make_optimizer(model, cfg.train, n_pairs)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    if cfg.train.report_to:
+        acc.init_trackers("marginkit", config=flat_config(to_dict(cfg)))
+    return model, optimizer, scheduler, total
+
+
+def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as flat `a.b` keys with scalar values (for trackers); lists and None as JSON."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+    return out
+
+
+def check_margin_inputs(strategy: MarginStrategy, name: str, encoded: Sequence[EncodedPair], pairs: Sequence[Pair],
+                        source: str) -> None:
+    """Fail at setup, naming the first pair, when the data lacks what the margin strategy reads."""
+    for need in sorted(strategy.needs - {"embeddings"}):
+        attr, field_name = _NEEDS_FIELD[need]
+        for enc in encoded:
+            if not math.isfinite(getattr(enc, attr)):
+                pair = pairs[enc.index]
+                raise DataError(source, enc.index, field_name,
+                                f"missing or not finite, but margin strategy {name!r} needs it for every pair"
+                                + (f" (pair id {pair.id})" if pair.id else ""),
+                                "use a strategy that does not need it, or data that has it")
+
+
+def setup_margin(cfg: Any, train_set: list[EncodedPair], train_pairs: list[Pair], pad_id: int,
+                 device: torch.device, say: Callable[[str], None]) -> MarginStrategy:
+    """The strategy `cfg.margin` names, checked against the training data, then prepared once (reference gaps
+    scored with `score_rm_dir`, the scorer eval-rm uses, or embeddings encoded, or nothing)."""
+    strategy = build_margin(cfg.margin)
+    check_margin_inputs(strategy, cfg.margin.name, train_set, train_pairs, cfg.data.train or "train pairs")
+    strategy.prepare(MarginSetup(train_set, train_pairs, pad_id, cfg.data.padding_side, device,
+                                 cfg.data.resolved_cache_dir(), say, score_rm_dir))
+    return strategy
+
+
+def pair_collator(pad_id: int, forward: str, padding_side: str) -> PairCollator | LayoutPairCollator:
+    """The training collator for `train.forward`: padded rows, or the packed / prefix-shared layout."""
+    if forward == "padded":
+        return PairCollator(pad_id, padding_side)
+    return LayoutPairCollator(pad_id, forward, padding_side)
+
+
+def audit_masks(train_set: list[EncodedPair], collate: Callable, tokenizer: Any, mode: str,
+                say: Callable[[str], None], n_pairs: int = 8) -> None:
+    """Before training, decode the first pairs' batch and check that the loss mask the log-prob code really
+    applies (found by its gradient, diagnostics/mask_audit.py) covers exactly the response tokens, shifted
+    by one. mode: error (raise MaskAuditError), warn (print it), off."""
+    if mode == "off":
+        return
+    batch = collate(train_set[:n_pairs])
+    # The probe reads positions, not ids: all-zero labels over a 2-token vocabulary find the same mask
+    # without a [N, T, V] tensor of the real vocabulary.
+    probe_ids = torch.zeros_like(batch["input_ids"])
+    read = probe_loss_mask(lambda logits: sequence_logps(logits, probe_ids, batch["response_mask"]).sum, probe_ids, 2)
+    try:
+        report = audit_loss_mask(batch, tokenizer, n_rows=2, loss_mask=read)
+    except MaskAuditError as e:
+        if mode == "error":
+            raise
+        say(f"WARNING {e}")
+        return
+    say(report.summary())
+
+
+def pair_ids(pairs: Sequence[Pair]) -> list[str]:
+    """Each pair's id, or `#<position>` when it has none (the engine names NaN culprits with these)."""
+    return [p.id or f"#{i}" for i, p in enumerate(pairs)]
+
+
+def policy_settings(stage: str, cfg: Any) -> dict[str, Any]:
+    """What a saved policy folder records about how it was trained (models/policy.py POLICY_FILE)."""
+    return {"stage": stage, "tokenize": to_dict(cfg.data.tokenize), "padding_side": cfg.data.padding_side,
+            "logprob_chunk_size": cfg.model.logprob_chunk_size}
+
+
+def finish_run(acc: Accelerator, out: Path, save_model: Callable[[Path], None]) -> Path:
+    """Save the final model to `out/model` from the main process, wait for every process, end the trackers."""
+    model_dir = out / "model"
+    if acc.is_main_process:
+        save_model(model_dir)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return model_dir
