@@ -14,7 +14,16 @@ import torch
 from _engine_helpers import make_pairs, one_torch_thread, run_config, train, vocab_words
 from marginkit.configlib import ConfigError, load_config
 from marginkit.data.schema import Pair
-from marginkit.diagnostics.monitor import LN2, MarginMonitor, MonitorConfig, MonitorStopError, _trend
+from marginkit.diagnostics.checks.chosen_logps import ChosenLogpsConfig, chosen_logps
+from marginkit.diagnostics.checks.explosion import ExplosionConfig, explosion
+from marginkit.diagnostics.checks.first_step import FirstStepConfig, first_step
+from marginkit.diagnostics.checks.margin_gap import MarginGapConfig, margin_gap
+from marginkit.diagnostics.checks.messages import MESSAGES, render
+from marginkit.diagnostics.checks.reward_scale import RewardScaleConfig, reward_scale
+from marginkit.diagnostics.checks.slow_start import SlowStartConfig, slow_start
+from marginkit.diagnostics.checks.stuck import StuckConfig, stuck
+from marginkit.diagnostics.checks.window import Row, Window, trend
+from marginkit.diagnostics.monitor import LN2, MarginMonitor, MonitorConfig, MonitorStopError
 from marginkit.margins import MarginSpec
 
 
@@ -96,10 +105,10 @@ def healthy_rm_trace(n: int = 400) -> list[dict[str, float]]:
 def test_trend_by_hand():
     # values 1, 3, 5 at centred steps -1, 0, 1: sxy = (-1)(1-3) + 0 + (1)(5-3) = 4, sxx = 2 -> slope 2;
     # syy = 4 + 0 + 4 = 8 -> corr = 4 / sqrt(2 * 8) = 1.
-    assert _trend([1.0, 3.0, 5.0]) == (2.0, 1.0)
+    assert trend([1.0, 3.0, 5.0]) == (2.0, 1.0)
     # 2, 0, 2: sxy = (-1)(2 - 4/3) + (1)(2 - 4/3) = 0 -> slope 0, corr 0
-    assert _trend([2.0, 0.0, 2.0]) == (0.0, 0.0)
-    assert _trend([3.0, 3.0, 3.0]) == (0.0, 0.0)  # flat: no correlation rather than 0/0
+    assert trend([2.0, 0.0, 2.0]) == (0.0, 0.0)
+    assert trend([3.0, 3.0, 3.0]) == (0.0, 0.0)  # flat: no correlation rather than 0/0
 
 
 # ---- explosion: seed 001 ----
@@ -388,3 +397,142 @@ def test_docs_name_every_check_and_only_real_keys():
     keys = {key for key, *_ in describe(RMRunConfig)}
     named = set(re.findall(r"`(train\.monitor\.[a-z_.]+)`", text))
     assert named and all(any(k == n or k.startswith(n + ".") for k in keys) for n in named), named - keys
+
+
+# ---- each check as a pure function of a hand-made window ----
+
+def window(rows: list[dict[str, float]], start: int = 1, first_loss: float | None = None,
+           expected: float | str | None = None) -> Window:
+    return Window(tuple(Row(start + i, m) for i, m in enumerate(rows)), first_loss, expected)
+
+
+def test_pure_first_step():
+    cfg = FirstStepConfig()
+    # |0.75 - ln 2| = 0.057 > 0.02: fires at step 1 with both numbers; 0.70 is within tolerance.
+    assert first_step(window([{"loss": 0.75}], expected=LN2), cfg).values == {"loss": 0.75, "expected": LN2}
+    assert first_step(window([{"loss": 0.70}], expected=LN2), cfg) is None
+    assert first_step(window([{"loss": 0.75}], start=2, expected=LN2), cfg) is None  # not step 1
+    assert first_step(window([{"loss": 0.75}]), cfg) is None  # nothing expected
+    # The expected value named as a metric of the step: 1.5 read from the row.
+    w = window([{"loss": 0.75, "diagnostics/loss_at_zero_gap": 1.5}], expected="diagnostics/loss_at_zero_gap")
+    assert first_step(w, cfg).values["expected"] == 1.5
+
+
+def test_pure_stuck():
+    cfg = StuckConfig(steps=3)
+    at_ln2 = {"loss": LN2, "grad_norm": 0.0}
+    assert stuck(window([at_ln2] * 3), cfg).values == {"loss": LN2, "grad_norm": 0.0, "steps": 3.0}
+    assert stuck(window([at_ln2] * 2), cfg) is None  # two in a row < 3
+    assert stuck(window([at_ln2, {"loss": LN2, "grad_norm": 0.5}, at_ln2, at_ln2]), cfg) is None  # run broken
+    assert stuck(window([{"loss": LN2, "grad_norm": 0.5}] * 5), cfg) is None  # gradient flows
+    # Stuck at the first-step loss 1.3 (not ln 2); a row without grad_norm neither counts nor breaks the run.
+    rows = [{"loss": 1.3, "grad_norm": 0.0}, {"loss": 1.3}, {"loss": 1.3, "grad_norm": 0.0}, {"loss": 1.3, "grad_norm": 0.0}]
+    finding = stuck(window(rows, first_loss=1.3), cfg)
+    assert finding.values["steps"] == 3.0 and finding.fields["anchor"] == "the first-step loss"
+    assert stuck(window(rows), cfg) is None  # without the first loss, 1.3 is no starting value
+
+
+def test_pure_slow_start():
+    cfg = SlowStartConfig(steps=3)
+    flat = {"loss": LN2, "grad_norm": 0.1, "rewards/margins": 1e-5}
+    assert slow_start(window([flat] * 3), cfg, zero_grad_norm=1e-4).values["steps"] == 3.0
+    assert slow_start(window([flat] * 3), cfg, zero_grad_norm=0.2) is None  # that gradient counts as zero: stuck
+    assert slow_start(window([flat, flat, {**flat, "rewards/margins": 0.05}]), cfg, zero_grad_norm=1e-4) is None
+    assert slow_start(window([flat, flat, {**flat, "loss": LN2 - 0.01}]), cfg, zero_grad_norm=1e-4) is None
+
+
+def test_pure_explosion():
+    cfg = ExplosionConfig(growth_window=2)
+    sat = {"loss": 0.01, "rewards/accuracies": 1.0}
+    # Above max_gap 20 in a saturated run: fires on the current row alone.
+    finding = explosion(window([{**sat, "logratios/gap_raw": 25.0}]), cfg)
+    assert finding.variant == "above" and finding.values == {"logratios/gap_raw": 25.0, **sat}
+    assert explosion(window([{**sat, "loss": 0.3, "logratios/gap_raw": 25.0}]), cfg) is None  # not saturated
+    # Growth: 4 -> 12 over growth_window = 2 rows (3 rows in all): 12 >= 3 x 4 and 12 >= min_gap 10.
+    grow = [{**sat, "rewards/margins": g} for g in (4.0, 8.0, 12.0)]
+    finding = explosion(window(grow), cfg)
+    assert finding.variant == "growth" and finding.fields["ratio"] == 3.0
+    assert finding.values["rewards/margins@-2"] == 4.0
+    assert explosion(window(grow[1:]), cfg) is None  # window not yet full: no growth rule
+    assert explosion(window([{**sat, "rewards/margins": g} for g in (5.0, 8.0, 12.0)]), cfg) is None  # 2.4x < 3x
+    # The first listed gap metric a row logs is the one watched: the raw gap, not rewards/margins.
+    assert explosion(window([{**sat, "logratios/gap_raw": 5.0, "rewards/margins": 25.0}]), cfg) is None
+
+
+def test_pure_chosen_logps():
+    cfg = ChosenLogpsConfig(window=3, min_drop=1.0)
+    gaps = ["logratios/gap_raw"]
+    # logps -10, -11, -12: fitted fall 1 x 2 = 2 nats >= 1, correlation -1; the gap rises 1, 2, 3.
+    rows = [{"logps/chosen": -10.0 - t, "logratios/gap_raw": 1.0 + t} for t in range(3)]
+    finding = chosen_logps(window(rows), cfg, gap_metrics=gaps)
+    assert finding.values["drop"] == pytest.approx(2.0) and finding.values["correlation"] == pytest.approx(-1.0)
+    assert finding.fields["rise"] == pytest.approx(2.0)
+    assert chosen_logps(window(rows[:2]), cfg, gap_metrics=gaps) is None  # fewer rows than the window
+    shrinking = [{**r, "logratios/gap_raw": 3.0 - t} for t, r in enumerate(rows)]
+    assert chosen_logps(window(shrinking), cfg, gap_metrics=gaps) is None  # the gap is not growing
+    assert chosen_logps(window(rows), cfg, gap_metrics=["rewards/margins"]) is None  # no watched gap logged
+
+
+def test_pure_reward_scale():
+    cfg = RewardScaleConfig(window=2, min_abs=1.0)
+    assert reward_scale(window([{"rewards/chosen": 150.0, "rewards/rejected": 140.0}]), cfg).variant == "above"
+    assert reward_scale(window([{"rewards/chosen": 150.0, "rewards/rejected": 140.0, "logps/chosen": -9.0}]),
+                        cfg) is None  # a policy run
+    # Scales 1, 2, 4: 4 >= 4 x 1 over window = 2 rows, >= min_abs 1, correlation 0.98 >= 0.8.
+    rows = [{"rewards/chosen": s, "rewards/rejected": -s / 2} for s in (1.0, 2.0, 4.0)]
+    finding = reward_scale(window(rows), cfg)
+    assert finding.variant == "growth" and finding.values["scale@-window"] == 1.0 and finding.fields["ratio"] == 4.0
+    assert reward_scale(window(rows[1:]), cfg) is None  # window not full
+    assert reward_scale(window([{"rewards/chosen": s, "rewards/rejected": 0.0} for s in (1.0, 2.0, 3.9)]), cfg) is None
+
+
+def test_pure_margin_gap():
+    cfg = MarginGapConfig(patience=2, warmup_steps=10)
+    # Active fraction 0.5, mean m 2 -> 4 over active pairs; gap 0.3: 4 > 5 x 0.3; exceeds 0.5 / 0.5 = 1.
+    far = {"target_margins/mean": 2.0, "target_margins/active_fraction": 0.5, "rewards/margins": 0.3,
+           "diagnostics/margin_exceeds_gap": 0.5}
+    finding = margin_gap(window([far] * 2, start=11), cfg)
+    assert finding.values == {"margin": 4.0, "rewards/margins": 0.3, "exceeds_fraction": 1.0, "steps": 2.0}
+    assert margin_gap(window([far] * 2, start=10), cfg) is None  # step 10 is still warm-up
+    assert margin_gap(window([far, {**far, "rewards/margins": 1.0}], start=11), cfg) is None  # 4 < 5 x 1
+    assert margin_gap(window([far, {"loss": 1.0}, far], start=11), cfg) is None  # a row without margins breaks it
+
+
+def test_every_check_has_a_message_and_renders_its_finding():
+    assert set(MESSAGES) == set(MarginMonitor().checks)
+    finding = stuck(window([{"loss": LN2, "grad_norm": 0.0}] * 10), StuckConfig())
+    assert render("stuck", finding).startswith("training is stuck: for 10 steps the loss has stayed at 0.6931 "
+                                               "(ln 2) with gradient norm 0.00e+00")
+
+
+def test_reads_a_checkpoint_of_the_stateful_checks():
+    # The state the monitor wrote before its checks were pure functions: cooldowns and the first loss carry
+    # over (stuck alerted at step 5, so with repeat_every 100 it stays quiet at step 20); the windows restart.
+    old = {"last_alert": {"stuck": 5}, "checks": {"first_step": {"seen": True, "first_loss": 1.3},
+                                                  "stuck": {"count": 12}, "explosion": {"gaps": [1.0, 2.0]}}}
+    monitor = MarginMonitor(MonitorConfig(stuck=StuckConfig(steps=2)))
+    monitor.load_state_dict(old)
+    assert monitor.first_loss == 1.3 and list(monitor.rows) == []
+    assert run(monitor, [{"loss": 1.3, "grad_norm": 0.0}] * 3, start=20) == []
+    assert [a.check for a in run(monitor, [{"loss": 1.3, "grad_norm": 0.0}], start=105)] == ["stuck"]
+
+
+def test_docs_dotted_names_resolve():
+    """Every `marginkit.…` path docs/monitor.md names is a module or an attribute of one."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "monitor.md").read_text()
+    names = set(re.findall(r"`(marginkit(?:\.[A-Za-z_]+)+)`", text))
+    assert "marginkit.diagnostics.checks.stuck.stuck" in names
+    for name in names:
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+            break
