@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from marginkit.evaluate.accuracy import pair_outcomes
 from marginkit.evaluate.stats import t_interval
 
 __all__ = ["summarize_real", "paired_pair_bootstrap", "win_bootstrap"]
@@ -32,7 +33,7 @@ def win_bootstrap(gold_a: list[list[float]], gold_b: list[list[float]], n_boot: 
     """Win rate of A's picks over B's [seeds x instructions] (1 if A's gold is higher, 1/2 tie, 0 lower),
     averaged over seeds per instruction, with a percentile bootstrap over instructions."""
     a, b = np.asarray(gold_a, dtype=np.float64), np.asarray(gold_b, dtype=np.float64)
-    w = ((a > b) + 0.5 * (a == b)).mean(0)  # [I]
+    w = pair_outcomes(a - b).mean(0)  # [S, I] -> [I]: the accuracy rule on the difference of the picks
     rng = np.random.default_rng(seed)
     reps = w[rng.integers(0, len(w), size=(n_boot, len(w)))].mean(1)
     low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
