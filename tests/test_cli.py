@@ -62,3 +62,68 @@ def test_data_check_reports_every_problem(tmp_path, capsys):
     assert main(["data", "check", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "row 1" in out and "row 2" in out and "chosen" in out
+
+
+# ----------------------------------------------------------------------------- documented command lines
+
+
+def _documented_commands():
+    """Every `marginkit ...` line in the fenced code blocks of README.md and docs/*.md (continuations joined,
+    comments cut, shell variables given a value)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = []
+    for md in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", md.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.strip()
+                if line.startswith("marginkit "):
+                    line = re.sub(r"\$\{?\w+\}?", "0", line.split(" #", 1)[0])
+                    out.append((md.name, shlex.split(line)[1:]))
+    return out
+
+
+def test_docs_name_commands():
+    assert len(_documented_commands()) >= 20
+
+
+@pytest.mark.parametrize("where, argv", _documented_commands(), ids=lambda x: " ".join(x) if isinstance(x, list) else x)
+def test_documented_commands_parse_into_configs(where, argv):
+    """Each command line the docs show parses, and its flags build a valid config (nothing is run)."""
+    from pathlib import Path
+
+    from marginkit.cli import make_config, parse
+
+    command, args = parse(argv)
+    if command.style == "yaml":  # the docs' YAML files are the reader's own; the overrides must hold
+        from marginkit.configlib import load_config
+
+        path = args.config if args.config and Path(args.config).exists() else None
+        load_config(command.configs()[0], path, args.overrides)
+        return
+    assert make_config(command, args) is not None or command.words == "config"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["study", "margins", "--task", "hh", "--noises", "0.5"], "--noises is not an option of RealStudyConfig"),
+    (["study", "margins", "--data-dir", "x"], "--data-dir is not an option of StudyConfig"),
+    (["study", "margins", "--tune-head"], "--tune-head: real tasks only"),
+    (["study", "margins", "--task", "all", "--config", "configs/study/hh.yaml"], "--config names one task's file"),
+    (["bon", "--rm", "a", "--n-prompts", "x"], "--n-prompts 'x': expected an integer"),
+])
+def test_options_of_another_config_are_rejected(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_real_task_flags_override_the_yaml_and_size_preset():
+    from marginkit.cli import make_config, parse
+
+    command, args = parse(["study", "margins", "--task", "hh", "--config", "configs/study/hh.yaml", "--size", "full",
+                           "--seeds", "3,4", "--out", "runs/x", "head_epochs=2", "--head-epochs", "5"])
+    (cfg,) = make_config(command, args)
+    assert (cfg.task, cfg.seeds, cfg.out, cfg.max_length, cfg.head_epochs) == ("hh", [3, 4], "runs/x/hh", 256, 5)
+    assert cfg.head_lr == 3e-3  # the YAML's value (chosen by --tune-head)

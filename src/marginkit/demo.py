@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,16 @@ from marginkit.report.plots import (
 )
 from marginkit.train.rm import train_reward_model
 
-__all__ = ["DemoSize", "DEMO_SIZES", "DEMO_MARGINS", "run_demo"]
+__all__ = ["DemoSize", "DEMO_SIZES", "DEMO_MARGINS", "DemoConfig", "run_demo"]
+
+
+@dataclass
+class DemoConfig:
+    """`marginkit demo`: BT, fixed, label and oracle margin RMs on the gold world, compared."""
+
+    quick: bool = field(default=False, metadata={"help": "Smaller world and model (under 30 s on 2 cores)."})
+    out: str = field(default="runs/demo", metadata={"help": "Run folder."})
+    seed: int = field(default=0, metadata={"help": "World, model init and training seed."})
 
 
 @dataclass(frozen=True)

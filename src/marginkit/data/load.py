@@ -32,7 +32,7 @@ from marginkit.data.ledger import Ledger
 from marginkit.data.schema import DataError, Pair
 from marginkit.data.validate import Problem, RowError, validate_pair
 
-__all__ = ["SKIP_HINT", "CheckReport", "OnInvalid", "check_data", "load_pairs"]
+__all__ = ["SKIP_HINT", "CheckConfig", "CheckReport", "OnInvalid", "check_data", "load_pairs"]
 
 OnInvalid = Literal["error", "skip"]
 SKIP_HINT = 'use on_invalid="skip" to count and skip'
@@ -207,6 +207,15 @@ class CheckReport:
         lines += [f"  {p.describe()}" for p in shown]
         lines.append(f"NOT OK: {len(self.problems)} problems (load with on_invalid=\"skip\" to count and skip them)")
         return "\n".join(lines)
+
+
+@dataclass
+class CheckConfig:
+    """`marginkit data check`: the file to validate and its format."""
+
+    file: str = field(default="", metadata={"help": "Pairs file (JSONL/JSON/Parquet/HF dataset folder).",
+                                            "positional": True, "required": True})
+    format: str = field(default="auto", metadata={"help": "Input format (see docs/data.md); auto detects it."})
 
 
 def check_data(source: Source, format: str = "auto", *, split: str | None = None, **format_options: Any) -> CheckReport:

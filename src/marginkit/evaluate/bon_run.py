@@ -55,18 +55,24 @@ SCORER_VERSION = "rm-scorer-v1"  # part of every score key: bump when the scorin
 class BonConfig:
     """One `marginkit bon` run."""
 
-    rms: list[str] = field(default_factory=list, metadata={"help": "RM folders, NAME=PATH or PATH; the first is the "
-                                                           "baseline every other RM is compared with."})
+    rms: list[str] = field(default_factory=list, metadata={
+        "help": "RM folders, NAME=PATH or PATH; repeat the flag for several; the first is the baseline every other "
+                "RM is compared with.", "flag": "--rm", "repeat": True, "required": True})
     policy: str = field(default="world", metadata={"help": "`world` (the gold world's base policy) or an HF causal "
                                                    "LM folder or hub name."})
     prompts: str = field(default="world:test", metadata={"help": "JSONL of prompts, or world:SPLIT (train/val/test)."})
-    ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
-                          metadata={"help": "N values; K = max(N) samples are drawn per prompt."})
+    ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], metadata={
+        "help": "N values, 1,2,4,8 or the doubling shorthand 1,2,4,...,64; K = max(N) samples are drawn per prompt.",
+        "flag": "--n", "parse": lambda text: parse_ns(text)})
     judge: str = field(default="world", metadata={"help": "`world` (true reward) or an RM folder."})
-    n_prompts: int | None = field(default=200, metadata={"help": "Prompts used (world: distinct prompts drawn; "
-                                                         "file: the first n; None: the whole file)."})
+    n_prompts: int = field(default=200, metadata={"help": "Prompts used (world: distinct prompts drawn; "
+                                                 "file: the first n; 0: the whole file)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (world prompts are drawn with it too)."})
-    world_overrides: list[str] = field(default_factory=list, metadata={"help": "WorldConfig key=value, e.g. seed=1."})
+    world_seed: int | None = field(default=None, metadata={"help": "The gold world's seed (the same as a "
+                                                           "world_overrides seed=S; None: WorldConfig's)."})
+    world_overrides: list[str] = field(default_factory=list, metadata={
+        "help": "WorldConfig key=value overrides of the gold world, e.g. policy_redraw=1.", "flag": "--world",
+        "repeat": True})
     out: str = field(default="runs/bon", metadata={"help": "Output folder."})
     cache_dir: str | None = field(default=None, metadata={"help": "Sample and score cache (default OUT/cache)."})
     batch_size: int = field(default=64, metadata={"help": "Sample pairs per RM forward (2x sequences)."})
@@ -81,8 +87,8 @@ class BonConfig:
             raise ConfigError("bon: give at least one --rm")
         if not self.ns or min(self.ns) < 1:
             raise ConfigError(f"bon: --n {self.ns}: need N values >= 1")
-        if self.n_prompts is not None and self.n_prompts < 1:
-            raise ConfigError(f"bon: --n-prompts {self.n_prompts}: need >= 1")
+        if self.n_prompts < 0:
+            raise ConfigError(f"bon: --n-prompts {self.n_prompts}: need >= 1 (or 0: the whole prompts file)")
         if self.batch_size < 1:
             raise ConfigError(f"bon: --batch-size {self.batch_size}: need >= 1")
 
@@ -122,7 +128,8 @@ def _world(cfg: BonConfig) -> Any:
     from marginkit.configlib import load_config
     from marginkit.data.world import WorldConfig, make_world
 
-    wc = load_config(WorldConfig, None, cfg.world_overrides)
+    seed = [f"seed={cfg.world_seed}"] if cfg.world_seed is not None else []
+    wc = load_config(WorldConfig, None, seed + cfg.world_overrides)
     return make_world(dataclasses.replace(wc, n_train=1, n_val=0, n_test=0))
 
 

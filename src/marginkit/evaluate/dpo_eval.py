@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from marginkit.evaluate.rm_eval import reward_metrics
 from marginkit.losses.dpo import DPOLoss, PreferenceLogps
 from marginkit.models.logprobs import forward_logps
 
-__all__ = ["PreferenceScores", "score_preferences", "eval_metrics", "DPOEvalReport", "evaluate_policy_pairs",
+__all__ = ["DPOEvalConfig", "PreferenceScores", "score_preferences", "eval_metrics", "DPOEvalReport", "evaluate_policy_pairs",
            "evaluate_dpo_dir", "format_dpo_report", "write_dpo_report"]
 
 
@@ -176,6 +176,22 @@ def _reference_for(settings: dict[str, Any], reference: str | None, loss_fn: DPO
         return CachedReference(load_ref_logps(where, model_digest, data_hash(encoded), "eval pairs"), device)
     ref, _ = load_policy(policy_cfg, str(where))
     return ModelReference(ref.to(device), policy_cfg.chunk_size)
+
+
+@dataclass
+class DPOEvalConfig:
+    """`marginkit eval-dpo`: the policy, the pairs and the reference it is scored against."""
+
+    model: str = field(default="", metadata={"help": "Folder of a policy trained by train-dpo.", "required": True})
+    data: str = field(default="", metadata={"help": "Pairs file (JSONL/JSON/Parquet/HF dataset folder).",
+                                            "required": True})
+    reference: str | None = field(default=None, metadata={
+        "help": "Reference model folder or precomputed artefact (None: the one training used)."})
+    format: str = field(default="auto", metadata={"help": "Input format (see docs/data.md); auto detects it."})
+    on_invalid: Literal["error", "skip"] = field(default="error", metadata={
+        "help": "Unusable pairs: error (strict) or skip (counted in the ledger)."})
+    out: str | None = field(default=None, metadata={"help": "Output folder (None: MODEL/eval)."})
+    batch_size: int = field(default=16, metadata={"help": "Pairs per forward."})
 
 
 def evaluate_dpo_dir(model_dir: str | Path, pairs: list[Pair], reference: str | None = None, batch_size: int = 16,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,10 +27,20 @@ __all__ = ["EvalConfig", "RMEvalReport", "reward_metrics", "evaluate_pairs", "ev
 
 @dataclass
 class EvalConfig:
+    """One `marginkit eval-rm` run; the library functions read only the scoring fields (batch_size on)."""
+
+    model: str = field(default="", metadata={"help": "Folder of a trained RM (or any HF sequence-classification RM).",
+                                             "required": True})
+    data: str = field(default="", metadata={"help": "Pairs file (JSONL/JSON/Parquet/HF dataset folder).",
+                                            "required": True})
+    format: str = field(default="auto", metadata={"help": "Input format (see docs/data.md); auto detects it."})
+    on_invalid: Literal["error", "skip"] = field(default="error", metadata={
+        "help": "Unusable pairs: error (strict) or skip (counted in the ledger)."})
+    out: str | None = field(default=None, metadata={"help": "Output folder (None: MODEL/eval)."})
     batch_size: int = field(default=32, metadata={"help": "Pairs scored per forward."})
     n_buckets: int = field(default=4, metadata={"help": "Quantile buckets for accuracy by margin."})
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples for intervals."})
-    worst_k: int = field(default=10, metadata={"help": "Worst-scored pairs listed."})
+    worst_k: int = field(default=10, metadata={"help": "Worst-scored pairs listed.", "flag": "--worst"})
     swap_test: bool = field(default=True, metadata={"help": "Rescore with chosen/rejected swapped."})
 
 

@@ -46,7 +46,8 @@ class SamplingConfig:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1]; 1 = off."})
     top_k: int = field(default=0, metadata={"help": "Sample from the k most likely tokens; 0 = off."})
     max_new_tokens: int = field(default=64, metadata={"help": "Response length cap in tokens."})
-    batch_size: int = field(default=64, metadata={"help": "Sequences per generate call (part of the seed)."})
+    batch_size: int = field(default=64, metadata={"help": "Sequences per generate call (part of the seed).",
+                                                   "flag": "--gen-batch-size"})
     template: Literal["auto", "plain", "chat"] = field(
         default="auto", metadata={"help": "Prompt rendering, as in tokenize.template: chat template for "
                                   "message lists when the tokenizer has one (auto), or plain text."})

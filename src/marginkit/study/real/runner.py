@@ -17,15 +17,15 @@ from marginkit.data.schema import Pair
 from marginkit.study.margins import STUDY_VARIANTS, _append
 from marginkit.study.margins import _read_rows as _read
 from marginkit.study.real.bon import bon_rows
-from marginkit.study.real.config import TASKS, RealStudyConfig
+from marginkit.study.real.config import TASKS, RealStudyConfig, sized_config
 from marginkit.study.real.data import TaskData, load_sections, load_task
 from marginkit.study.real.features import FeatureCache
-from marginkit.study.real.head import accuracy
+from marginkit.study.real.head import accuracy, tune_head
 from marginkit.study.real.report import format_real_markdown, plot_summary
 from marginkit.study.real.runs import UNITS, RunContext
 from marginkit.study.real.summary import summarize_real
 
-__all__ = ["run_real_study"]
+__all__ = ["run_real_study", "task_configs", "run_tasks"]
 
 
 def run_real_study(cfg: RealStudyConfig, say: Callable[[str], None] = print, data: TaskData | None = None,
@@ -159,3 +159,32 @@ def _seed_worker(cfg: RealStudyConfig, data: TaskData, sections: list[Any], enco
     ctx = RunContext(cfg, data, sections, encoder, cache, messages.append)
     rows, pools = UNITS[cfg.backbone](ctx, seed, [STUDY_VARIANTS[n] for n in names])
     return seed, rows, pools, messages
+
+
+def task_configs(task: str, size: str = "quick", config_file: str | None = None, overrides: Sequence[str] = (),
+                 values: dict[str, Any] | None = None) -> list[RealStudyConfig]:
+    """The configs of `--task T` (a task or "all"): each task's `sized_config` with `values` (the flags) on
+    top and out = OUT/<task>, OUT being values["out"] (default runs/study_real)."""
+    from marginkit.configlib import ConfigError
+
+    tasks = list(TASKS) if task == "all" else [task]
+    if config_file and len(tasks) > 1:
+        raise ConfigError("--config names one task's file; use it with one --task")
+    values = dict(values or {})
+    parent = Path(values.pop("out", None) or RealStudyConfig.out)
+    return [sized_config(name, size, config_file, overrides, values={**values, "out": str(parent / name)})
+            for name in tasks]
+
+
+def run_tasks(configs: Sequence[RealStudyConfig], tune: bool = False, say: Callable[[str], None] = print) -> None:
+    """`marginkit study margins --task T`: run the study of each config (`task_configs`), or with `tune` only
+    grid the frozen head for BT on validation (writes tune_head.json)."""
+    for cfg in configs:
+        if tune:
+            rows = tune_head(cfg, say=say)
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.out) / "tune_head.json").write_text(json.dumps(rows, indent=2) + "\n")
+            say(f"{cfg.task}: best on validation: head_lr={rows[0]['head_lr']:g} head_epochs={rows[0]['head_epochs']}")
+            continue
+        run_real_study(cfg, say=say)
+        say(f"wrote {cfg.out}/study.md, summary.json, results.jsonl and plots")
