@@ -220,7 +220,7 @@ def _rm_step(model: Any, batch: Any, step: int, margin: Any, rm_step: Any) -> An
 def _dpo_step_fn(model: Any, data: list[Any], opts: dict[str, Any], acc: Any, copy: Any) -> Any:
     from functools import partial
 
-    from marginkit.losses.dpo import DPOLossSpec, build_dpo_loss
+    from marginkit.losses.registry import DPOLossSpec, build_dpo_loss
     from marginkit.models.packing import select_attention
     from marginkit.models.ref_cache import CachedReference, ModelReference, compute_ref_logps
     from marginkit.train.dpo_step import dpo_step

@@ -27,7 +27,8 @@ from marginkit.losses import (
     robust_dpo_loss,
     simpo_loss,
 )
-from marginkit.losses.dpo import BetaDPOConfig, IPOConfig, LossName, ODPOConfig
+from marginkit.losses.dpo import BetaDPOConfig
+from marginkit.losses.registry import IPOConfig, LossName, ODPOConfig
 
 LN2, LN3, LN4 = math.log(2.0), math.log(3.0), math.log(4.0)
 
@@ -203,7 +204,11 @@ AT_ZERO = {"sigmoid": LN2, "ipo": 1 / (4 * 0.25), "hinge": 1.0, "cdpo": LN2, "ro
 
 
 def test_registry_matches_the_config_choices():
-    assert set(DPO_LOSSES) == set(typing.get_args(LossName)) == set(SPECS)
+    """DPO_LOSSES is the one list of names: loss.name's Literal and its help text are built from it."""
+    assert list(DPO_LOSSES) == list(typing.get_args(LossName)) and set(DPO_LOSSES) == set(SPECS)
+    assert typing.get_type_hints(DPOLossSpec)["name"] == LossName
+    help_text = DPOLossSpec.__dataclass_fields__["name"].metadata["help"]
+    assert all(f"{name} ({builder.__doc__})" in help_text for name, builder in DPO_LOSSES.items())
     with pytest.raises(ValueError, match="unknown DPO loss 'dpo_typo'; known: \\['beta_dpo'"):
         build_dpo_loss(_named("dpo_typo"))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from marginkit.data.tokenize import TokenizeConfig
-from marginkit.losses.dpo import DPOLossSpec, build_dpo_loss
+from marginkit.losses.registry import DPOLossSpec, build_dpo_loss
 from marginkit.margins.registry import MarginSpec, build_margin
 from marginkit.models.policy import PolicyConfig
 from marginkit.models.ref_cache import ReferenceConfig

@@ -199,7 +199,7 @@ def evaluate_dpo_dir(model_dir: str | Path, pairs: list[Pair], reference: str | 
     """Load a saved policy with the settings it was trained with (loss, β, tokenisation, reference) and
     evaluate `pairs`. `reference` overrides the recorded reference (a model or an artefact file)."""
     from marginkit.configlib import from_dict
-    from marginkit.losses.dpo import DPOLossSpec, build_dpo_loss
+    from marginkit.losses.registry import DPOLossSpec, build_dpo_loss
     from marginkit.models.policy import PolicyConfig, load_policy, load_policy_settings
 
     settings = load_policy_settings(model_dir)

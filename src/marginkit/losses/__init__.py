@@ -1,17 +1,16 @@
 """Pairwise preference losses: pure functions returning per-pair losses (no reduction inside).
 
-bt.py: Bradley-Terry reward-model losses with margins; dpo.py: the DPO family and its registry.
+bt.py: Bradley-Terry reward-model losses with margins; dpo.py: the DPO family; registry.py: the DPO
+losses by name, their options (`DPOLossSpec`) and `build_dpo_loss`.
 """
 
 from marginkit.losses.bt import bt_loss, centering_penalty
 from marginkit.losses.dpo import (
-    DPO_LOSSES,
     BetaDPO,
+    BetaDPOConfig,
     DPOLoss,
-    DPOLossSpec,
     PreferenceLogps,
     beta_dpo_beta,
-    build_dpo_loss,
     cdpo_loss,
     chosen_nll,
     dpo_sigmoid_loss,
@@ -22,9 +21,19 @@ from marginkit.losses.dpo import (
     robust_dpo_loss,
     simpo_loss,
 )
+from marginkit.losses.registry import (
+    DPO_LOSSES,
+    DPOLossSpec,
+    IPOConfig,
+    LabelSmoothingConfig,
+    LossName,
+    ODPOConfig,
+    SimPOConfig,
+    build_dpo_loss,
+)
 from marginkit.losses.types import PairLoss, check_pair_shapes
 
-__all__ = ["DPO_LOSSES", "BetaDPO", "DPOLoss", "DPOLossSpec", "PairLoss", "PreferenceLogps", "beta_dpo_beta",
-           "bt_loss", "build_dpo_loss", "cdpo_loss", "centering_penalty", "check_pair_shapes", "chosen_nll",
-           "dpo_sigmoid_loss", "hinge_loss", "ipo_loss", "log_ratio_gap", "odpo_loss", "robust_dpo_loss",
-           "simpo_loss"]
+__all__ = ["DPO_LOSSES", "BetaDPO", "BetaDPOConfig", "DPOLoss", "DPOLossSpec", "IPOConfig", "LabelSmoothingConfig",
+           "LossName", "ODPOConfig", "PairLoss", "PreferenceLogps", "SimPOConfig", "beta_dpo_beta", "bt_loss",
+           "build_dpo_loss", "cdpo_loss", "centering_penalty", "check_pair_shapes", "chosen_nll", "dpo_sigmoid_loss",
+           "hinge_loss", "ipo_loss", "log_ratio_gap", "odpo_loss", "robust_dpo_loss", "simpo_loss"]

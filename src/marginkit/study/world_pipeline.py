@@ -38,7 +38,7 @@ from marginkit.data.tokenize import EncodedPair, TokenizeConfig, encode_pair
 from marginkit.data.world import World, WorldConfig, make_world
 from marginkit.evaluate.dpo_eval import evaluate_policy_pairs
 from marginkit.evaluate.metrics import bootstrap_ci
-from marginkit.losses.dpo import build_dpo_loss
+from marginkit.losses.registry import build_dpo_loss
 from marginkit.models.logprobs import forward_logps
 from marginkit.models.policy import PolicyConfig, load_policy
 from marginkit.models.ref_cache import ModelReference

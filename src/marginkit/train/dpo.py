@@ -36,7 +36,8 @@ from marginkit.data.ledger import Ledger
 from marginkit.data.schema import Pair
 from marginkit.data.tokenize import EncodedPair
 from marginkit.evaluate.dpo_eval import eval_metrics, score_preferences
-from marginkit.losses.dpo import DPOLoss, build_dpo_loss
+from marginkit.losses.dpo import DPOLoss
+from marginkit.losses.registry import build_dpo_loss
 from marginkit.margins import MarginStrategy
 from marginkit.models.packing import compile_blocks, select_attention
 from marginkit.models.policy import load_policy, save_policy
