@@ -1,4 +1,4 @@
-"""Evaluation: pure metrics over reward gaps (metrics.py), the training scorer (scorer.py), the RM report (rm_eval.py)."""
+"""Evaluation: pure metrics over reward gaps (metrics.py re-exports them; the accuracy rule is accuracy.py), the training scorer (scorer.py), the RM report (rm_eval.py)."""
 
 from marginkit.evaluate.metrics import (
     Bucket,
