@@ -113,3 +113,23 @@ def test_a_win_outcome_is_the_rule_on_the_difference_of_the_picks() -> None:
     a, b = np.array([3.0, 1.0, 2.0, 0.5]), np.array([2.0, 1.0, 4.0, -0.5])
     np.testing.assert_array_equal(win_outcomes(a, b), pair_outcomes(a - b))
     np.testing.assert_array_equal(win_outcomes(a, b), [1.0, 0.5, 0.0, 1.0])
+
+
+def test_rm_training_eval_logs_what_dpo_eval_logs(monkeypatch) -> None:
+    # train-rm's eval metrics on the same gaps with ties (the scorer replaced by the rewards above): the keys
+    # both log are equal, so an RM run and a DPO run report one accuracy.
+    from types import SimpleNamespace
+
+    from marginkit.train import rm as rm_train
+
+    chosen = np.array([1.0, 0.0, 2.0, 3.0, 0.5, -1.0])
+    rejected = np.array([0.0, 2.0, 2.0, 0.0, 0.5, -1.0])
+    gold = np.array([1.0, 1.0, -1.0, -2.0, 0.0, 1.0])
+    monkeypatch.setattr(rm_train, "score_encoded", lambda *args, **kwargs: (chosen, rejected))
+    acc = SimpleNamespace(unwrap_model=lambda m: m)
+    cfg = SimpleNamespace(data=SimpleNamespace(padding_side="right"))
+    eval_set = [SimpleNamespace(gold_gap=g) for g in gold]
+    rm = rm_train._evaluate(acc, None, eval_set, 0, cfg, step=1)
+    dpo = eval_metrics(_scores(chosen, rejected, gold), prefix="eval_")
+    assert rm["eval_rewards/accuracies"] == pytest.approx(7 / 12)
+    assert rm == {k: dpo[k] for k in rm}  # loss, rewards/{accuracies,gold_accuracies,margins,chosen,rejected}
