@@ -43,15 +43,16 @@ class RewardHead(nn.Module):
 
 def head_step(head: RewardHead, xc: torch.Tensor, xr: torch.Tensor, labels: dict[str, torch.Tensor],
               index: torch.Tensor, strategy: Any, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """rm_step on a frozen-feature head: rewards -> the strategy's target margins (rm_step's own
-    `target_margins`) -> BT loss (mean). Returns (loss, target margins [B])."""
+    """rm_step on a frozen-feature head: rewards -> the strategy's target margins (`margins.target_margins`,
+    the margin call every trainer uses) -> BT loss (mean). Returns (loss, target margins [B])."""
     from marginkit.losses import bt_loss
-    from marginkit.train.rm_step import target_margins
+    from marginkit.margins import MarginInputs, target_margins
 
     rewards, hidden = head(torch.cat([xc, xr]))  # [2B], [2B, H]
-    chosen, rejected = rewards.chunk(2)
-    emb_c, emb_r = hidden.detach().chunk(2)  # [B, H] x 2: OT's "hidden" embeddings
-    target, _ = target_margins(strategy, chosen, rejected, {**labels, "index": index}, step, emb_c, emb_r)
+    chosen, rejected = rewards.chunk(2)  # [2B] -> [B], [B]
+    emb_c, emb_r = hidden.detach().chunk(2)  # [2B, H] -> [B, H] x 2: OT's "hidden" embeddings
+    inputs = MarginInputs.from_batch(chosen - rejected, {**labels, "index": index}, step, emb_c, emb_r)
+    target = target_margins(strategy, inputs).target_margin  # [B], detached, 0 on inactive pairs
     return bt_loss(chosen, rejected, target).losses.mean(), target
 
 
