@@ -52,6 +52,30 @@ def bert_dir(tmp_path_factory):
     return folder
 
 
+def outcomes(gap) -> np.ndarray:
+    """Per-pair outcome, ties 1/2: 1 if Δ > 0, 1/2 if Δ = 0, 0 if Δ < 0."""
+    gap = np.asarray(gap, dtype=np.float64)
+    return (gap > 0) + 0.5 * (gap == 0)
+
+
+def percentile_bootstrap(values, n_boot: int, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """The readable bootstrap: n_boot resamples of the values with replacement, drawn one at a time from
+    default_rng(seed); the (1 - level)/2 and (1 + level)/2 quantiles of the resample means."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = [values[rng.integers(0, values.size, size=values.size)].mean() for _ in range(n_boot)]
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def t_interval_by_hand(x) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval of two values: half-width t_{0.975, 1} sd / sqrt(2)."""
+    assert len(x) == 2
+    mean, sd = float(np.mean(x)), float(np.std(x, ddof=1))
+    half = 12.706204736 * sd / math.sqrt(2)
+    return mean, mean - half, mean + half
+
+
 def _no_labels(b: int) -> dict[str, torch.Tensor]:
     nan = torch.full((b,), float("nan"))
     return {"label_margin": nan, "score_gap": nan, "gold_gap": nan}
@@ -92,7 +116,10 @@ def test_head_step_by_hand():
     assert abs(loss.item() - expected) < 1e-6
     assert target.tolist() == [0.5]
     loss.backward()  # the margin is detached: gradient flows through the rewards only
-    assert head.out.weight.grad is not None
+    # L = softplus(m - Δ) with Δ = w2 (gelu(2) - gelu(0)) + (b2 - b2): dL/dw2 = -σ(m - Δ) gelu(2), dL/db2 = 0
+    sigma = 1 / (1 + math.exp(-(0.5 - gelu2)))
+    assert_close(head.out.weight.grad, torch.tensor([[-sigma * gelu2]]))
+    assert_close(head.out.bias.grad, torch.tensor([0.0]))
 
 
 def test_reference_gaps_by_hand():
@@ -108,6 +135,19 @@ def test_reference_gaps_by_hand():
     assert_close(out.target_margin, torch.tensor([2 - 0.5 * math.sqrt(2), 4 - 0.5 * math.sqrt(2)]))
     with pytest.raises(ValueError, match="one key per row"):
         ref.set_reference_gaps(torch.zeros(2, 3), ["only one"])
+
+
+def test_label_margin_widens_the_head_gaps():
+    # A known effect: with every label gap 8, the label margin asks each pair for Δ >= 0.5 x 8 = 4, where BT's
+    # loss is already small at Δ = 1; so the margin's head ends with clearly wider training gaps.
+    torch.manual_seed(123)
+    xc, xr = torch.randn(40, 6) + 0.5, torch.randn(40, 6)
+    pairs = [Pair("p", "c", "r", score_chosen=9.0, score_rejected=1.0) for _ in range(40)]
+    cfg = RealStudyConfig(head_epochs=10, head_batch_size=8, head_hidden=8, head_lr=0.1)
+    bt, _ = train_head(cfg, xc, xr, pairs, {"name": "none"}, seed=0)
+    label, _ = train_head(cfg, xc, xr, pairs, {"name": "label", "label": {"source": "score_gap", "scale": 0.5}}, seed=0)
+    # measured: mean training gap 2.9 for BT, 5.4 with the margin
+    assert head_gaps(label, xc, xr).mean() > head_gaps(bt, xc, xr).mean() + 1.0
 
 
 def test_train_head_is_deterministic_per_seed():
@@ -171,6 +211,34 @@ def test_summarize_real_by_hand():
     assert s["chosen"]["fixed"] == "fixed-0.5"  # mean val 0.53 > 0.50; test accuracy plays no part
 
 
+def _bon_row(seed, variant, picks_n2):
+    """A Best-of-N row over 3 instructions at N = 1 (every RM takes candidate 1: gold 0.5) and N = 2."""
+    picks = [[0.5, 0.5, 0.5], picks_n2]
+    return {"seed": seed, "variant": variant, "ns": [1, 2], "gold": [float(np.mean(p)) for p in picks],
+            "lc_gold": [float(np.mean(p)) for p in picks], "win": None, "lc_win": None, "agree_longest": [1.0, 0.5],
+            "pick_chars": [10.0, 12.0], "judge_best": [0.5, 0.9], "pick_gold": picks, "pick_lc_gold": picks}
+
+
+def test_summarize_real_pair_and_instruction_bootstraps_by_hand():
+    correct = {(0, "bt"): [1, 0, 1, 0, 1, 1, 0, 0], (1, "bt"): [1, 1, 0, 0, 1, 0, 1, 0],
+               (0, "fixed-1"): [1, 1, 1, 0, 1, 1, 1, 0], (1, "fixed-1"): [1, 1, 0, 1, 1, 1, 1, 1]}
+    rows = [{**_row(seed, name, float(np.mean(c)), 0.5, 0.5), "test_correct": c} for (seed, name), c in correct.items()]
+    bon = [_bon_row(0, "bt", [0.1, 0.5, 0.9]), _bon_row(1, "bt", [0.1, 0.5, 0.9]),
+           _bon_row(0, "fixed-1", [0.9, 0.5, 0.1]), _bon_row(1, "fixed-1", [0.9, 0.2, 0.1])]
+    s = summarize_real(rows, bon, n_boot=300)
+    fixed = next(e for e in s["table"] if e["variant"] == "fixed-1")
+    # per-pair differences (0, 1, 0, 0, 0, 0, 1, 0) and (0, 0, 0, 1, 0, 1, 0, 1): seed-averaged
+    # d = (0, 1/2, 0, 1/2, 0, 1/2, 1/2, 1/2), mean 5/16, bootstrapped over the 8 pairs
+    d = [0, 0.5, 0, 0.5, 0, 0.5, 0.5, 0.5]
+    assert fixed["acc_vs_bt_pairs"] == pytest.approx((5 / 16, *percentile_bootstrap(d, 300)))
+    # fixed-1's picks against BT's: N = 1 all ties (1/2); N = 2 outcomes (1, 1/2, 0) and (1, 0, 0) -> per
+    # instruction (1, 1/4, 0), mean 5/12, bootstrapped over the 3 instructions
+    (win,) = [e["win_instr"] for e in s["bon"] if e["variant"] == "fixed-1"]
+    assert win[0] == (0.5, 0.5, 0.5)
+    assert win[1] == pytest.approx((5 / 12, *percentile_bootstrap([1, 0.25, 0], 300)))
+    assert next(e for e in s["bon"] if e["variant"] == "bt")["win_instr"] is None
+
+
 # ----------------------------------------------------------------------------- end to end, with a judged pool
 
 
@@ -195,10 +263,50 @@ def test_run_real_study_end_to_end_and_resume(bert_dir, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "study" / "results.jsonl").read_text().splitlines()]
     assert sorted((r["seed"], r["variant"]) for r in rows) == sorted(
         (s, v) for s in (0, 1) for v in ("bt", "label-0.5", "conf-ref", "ot-2"))
-    bt0 = next(r for r in rows if r["seed"] == 0 and r["variant"] == "bt")
-    ref0 = next(r for r in rows if r["seed"] == 0 and r["variant"] == "conf-ref")
-    assert bt0["acc"] != ref0["acc"] or bt0["skewness"] != ref0["skewness"]  # the reference margin changed training
-    assert len(bt0["by_label"]) >= 1 and all(0 <= b["acc"] <= 1 for b in bt0["by_label"])
+    by = {(r["seed"], r["variant"]): r for r in rows}
+
+    # Each seed-0 row equals the same head trained outside the study (train_head, seed 0) on the study's cached
+    # features: BT, the label margin, the confidence margin with the BT head's training gaps as its reference,
+    # and OT on the head's hidden layer.
+    data = _toy_task()
+    cache = FeatureCache(bert_dir, 16, tmp_path / "cache", say=lambda _: None)
+    xc, xr = cache.pairs(data.train)
+    test = cache.pairs(data.test)
+    bt = train_head(cfg, xc, xr, data.train, {"name": "none"}, seed=0)[0]
+    reference = torch.from_numpy(head_gaps(bt, xc, xr))[None]
+    heads = {"bt": bt,
+             "label-0.5": train_head(cfg, xc, xr, data.train, {"name": "label", "label": {
+                 "source": "score_gap", "scale": 0.5}}, seed=0)[0],
+             "conf-ref": train_head(cfg, xc, xr, data.train, {"name": "confidence", "confidence": {
+                 "source": "reference", "reference_model": "head:bt"}}, seed=0, reference_gaps=reference)[0],
+             "ot-2": train_head(cfg, xc, xr, data.train, {"name": "ot", "ot": {"scale": 2.0}}, seed=0)[0]}
+    labels = np.abs([p.score_gap for p in data.test])  # 3, 4, 5, 3, 4, 5, 3, 4
+    for name, head in heads.items():
+        gap = head_gaps(head, *test)
+        row = by[(0, name)]
+        assert row["test_correct"] == outcomes(gap).tolist(), name
+        assert row["acc"] == pytest.approx(outcomes(gap).mean()) and row["mean_gap"] == pytest.approx(gap.mean())
+        # by |label| quartile: each bucket [low, high) (the last one closed) holds its pairs' outcomes
+        assert row["by_label"][0]["low"] == 3 and row["by_label"][-1]["high"] == 5
+        assert sum(b["n"] for b in row["by_label"]) == 8
+        for j, b in enumerate(row["by_label"]):
+            inside = (labels >= b["low"]) & ((labels <= b["high"]) if j == len(row["by_label"]) - 1 else
+                                             (labels < b["high"]))
+            assert b["n"] == inside.sum() and b["acc"] == pytest.approx(outcomes(gap)[inside].mean()), (name, j)
+    assert by[(0, "conf-ref")]["test_correct"] != by[(0, "bt")]["test_correct"] or \
+        by[(0, "conf-ref")]["mean_gap"] != pytest.approx(by[(0, "bt")]["mean_gap"])  # the reference margin acts
+
+    # the summary, recomputed from the rows: t-intervals over the 2 seeds, the paired difference to BT per seed,
+    # and the bootstrap over test pairs of the seed-averaged per-pair difference (2000 resamples, seed 0)
+    table = {e["variant"]: e for e in summary["table"]}
+    for name in ("label-0.5", "conf-ref", "ot-2"):
+        mine, bts = [by[(s, name)] for s in (0, 1)], [by[(s, "bt")] for s in (0, 1)]
+        assert table[name]["acc"] == pytest.approx(t_interval_by_hand([r["acc"] for r in mine]), nan_ok=True)
+        assert table[name]["acc_vs_bt"] == pytest.approx(
+            t_interval_by_hand([r["acc"] - b["acc"] for r, b in zip(mine, bts)]), nan_ok=True)
+        d = (np.array([r["test_correct"] for r in mine]) - np.array([b["test_correct"] for b in bts])).mean(0)  # [8]
+        assert table[name]["acc_vs_bt_pairs"] == pytest.approx((d.mean(), *percentile_bootstrap(d, 2000)))
+
     bon = [json.loads(x) for x in (tmp_path / "study" / "bon.jsonl").read_text().splitlines()]
     assert sorted({b["variant"] for b in bon}) == ["bt", "conf-ref", "label-0.5", "longest", "ot-2"]
     for b in bon:  # the per-instruction picks stored for the bootstrap are offline_best_of_n's picks
@@ -207,8 +315,16 @@ def test_run_real_study_end_to_end_and_resume(bert_dir, tmp_path):
     longest = next(b for b in bon if b["variant"] == "longest")
     assert longest["gold"][-1] == pytest.approx(0.9)  # "great yes" is the longest of 3 and the judge's best
     assert [e["variant"] for e in summary["bon"]][0] == "bt"
+    # win rate of label-0.5's picks over BT's, per N: outcome (ties 1/2) of the two picks' gold per seed and
+    # instruction, averaged over seeds, then bootstrapped over the 3 instructions (2000 resamples, seed 0)
     lab = next(e for e in summary["bon"] if e["variant"] == "label-0.5")
-    assert len(lab["win_instr"]) == 3 and all(0 <= w[0] <= 1 for w in lab["win_instr"])
+    picks = {(b["seed"], b["variant"]): b for b in bon}
+    assert len(lab["win_instr"]) == len(lab["ns"]) == 3
+    for j, got in enumerate(lab["win_instr"]):
+        w = np.mean([outcomes(np.subtract(picks[(s, "label-0.5")]["pick_gold"][j], picks[(s, "bt")]["pick_gold"][j]))
+                     for s in (0, 1)], axis=0)  # [3 instructions]
+        assert got == pytest.approx((w.mean(), *percentile_bootstrap(w, 2000))), j
+    assert lab["win_instr"][0] == pytest.approx((0.5, 0.5, 0.5))  # N = 1: both take the first candidate
     md = (tmp_path / "study" / "study.md").read_text()
     assert "Offline Best-of-N" in md and "|label gap| quartile" in md and "Length alone" in md
     # test pairs i = 0..7 (shift 2): chosen good[i % 4], rejected bad[(i + 1) % 4]; "longer wins" by hand
@@ -297,7 +413,16 @@ def test_finetune_backbone_end_to_end(bert_dir, tmp_path):
     assert (tmp_path / "ft" / "seed0" / "bt" / "model" / "config.json").exists()
     assert (tmp_path / "ft" / "seed0" / "conf-ref" / "model" / "config.json").exists()
     rows = [json.loads(x) for x in (tmp_path / "ft" / "results.jsonl").read_text().splitlines()]
-    assert all(r["backbone"] == "finetune" and 0 <= r["acc"] <= 1 for r in rows)
+    assert all(r["backbone"] == "finetune" for r in rows)
+    # each row's test accuracy is eval-rm's on the saved folder: the tie-half fraction of its test-pair gaps
+    from marginkit.evaluate.rm_eval import EvalConfig, evaluate_rm_dir
+
+    for r in rows:
+        report = evaluate_rm_dir(tmp_path / "ft" / "seed0" / r["variant"] / "model", _toy_task().test,
+                                 EvalConfig(swap_test=False, n_boot=10), progress=False)
+        np.testing.assert_allclose(r["test_correct"], outcomes(report.gaps))
+        assert r["acc"] == pytest.approx(outcomes(report.gaps).mean()) and r["mean_gap"] == pytest.approx(
+            float(np.mean(report.gaps)), rel=1e-5, abs=1e-6)
     assert {b["variant"] for b in summary["bon"]} == {"bt", "conf-ref", "longest"}
 
 
@@ -317,7 +442,9 @@ def test_paired_test_pair_bootstrap_by_hand():
     var = [{"test_correct": [1, 1, 1, 0]}, {"test_correct": [1, 1, 0, 1]}]
     # per-seed differences (0, 1, 0, 0) and (0, 0, 0, 1): seed-averaged d = (0, 0.5, 0, 0.5), mean 0.25
     mean, low, high = paired_pair_bootstrap(var, bt, n_boot=500)
-    assert mean == 0.25 and 0.0 <= low < 0.25 < high <= 0.5
+    assert mean == 0.25 and (low, high) == pytest.approx(percentile_bootstrap([0, 0.5, 0, 0.5], 500, seed=0))
+    # the same difference on every test pair: every resample has mean 0.5, the interval collapses onto it
+    assert paired_pair_bootstrap(var[:1], [{"test_correct": [0.5, 0.5, 0.5, -0.5]}], n_boot=50) == (0.5, 0.5, 0.5)
     assert paired_pair_bootstrap(var, bt, n_boot=500) == (mean, low, high)  # seeded
     assert all(math.isnan(v) for v in paired_pair_bootstrap(var, bt[:1], n_boot=10))
 
@@ -327,7 +454,9 @@ def test_win_bootstrap_by_hand():
 
     # 2 seeds x 3 instructions: outcomes (1, 0.5, 0) and (1, 0, 0) -> per instruction (1, 0.25, 0), mean 5/12
     mean, low, high = win_bootstrap([[0.9, 0.5, 0.1], [0.9, 0.2, 0.1]], [[0.1, 0.5, 0.9], [0.1, 0.5, 0.9]], 400)
-    assert mean == pytest.approx(5 / 12) and 0.0 <= low <= mean <= high <= 1.0
+    assert mean == pytest.approx(5 / 12) and (low, high) == pytest.approx(percentile_bootstrap([1, 0.25, 0], 400))
+    # A always ahead: every instruction's outcome is 1, every resample's mean too
+    assert win_bootstrap([[0.9, 0.5]], [[0.1, 0.2]], 50) == (1.0, 1.0, 1.0)
 
 
 def test_seeds_in_parallel_processes_give_the_same_rows(bert_dir, tmp_path):
