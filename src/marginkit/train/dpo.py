@@ -38,7 +38,6 @@ from marginkit.data.tokenize import EncodedPair
 from marginkit.evaluate.dpo_eval import eval_metrics, score_preferences
 from marginkit.losses.dpo import DPOLoss
 from marginkit.losses.registry import build_dpo_loss
-from marginkit.margins import MarginStrategy
 from marginkit.models.packing import compile_blocks, select_attention
 from marginkit.models.policy import load_policy, save_policy
 from marginkit.models.ref_cache import (
@@ -118,12 +117,6 @@ def _references(cfg: DPORunConfig, policy: nn.Module, train_set: list[EncodedPai
     return train_ref, eval_ref, {"source": "precomputed", "name_or_path": name, "model_hash": digest}
 
 
-def _margin(cfg: DPORunConfig, loss_fn: DPOLoss, train_set: list[EncodedPair], train_pairs: list[Pair],
-            pad_id: int, device: torch.device, say: Callable[[str], None]) -> MarginStrategy | None:
-    """ODPO's offset strategy (train/setup.py: built, checked against the data, prepared); None for other losses."""
-    return setup_margin(cfg, train_set, train_pairs, pad_id, device, say) if loss_fn.uses_offset else None
-
-
 def _evaluate(acc: Accelerator, model: nn.Module, eval_set: list[EncodedPair], reference: ReferenceSource | None,
               loss_fn: DPOLoss, cfg: DPORunConfig, pad_id: int, step: int) -> dict[str, float]:
     scores = score_preferences(acc.unwrap_model(model), eval_set, pad_id, cfg.data.padding_side, loss_fn, reference,
@@ -139,14 +132,15 @@ def train_dpo(cfg: DPORunConfig, train_pairs: list[Pair] | None = None, eval_pai
     policy, tokenizer = load_policy(cfg.model)
     attention = select_attention(policy, cfg.train.forward, cfg.train.attention)  # refuses unsupported layouts
     tokenizer.padding_side = cfg.data.padding_side
+    pad = tokenizer.pad_token_id
     train_pairs, train_set, _, eval_set, ledger = load_data(cfg.data, tokenizer, train_pairs, eval_pairs, acc, out,
                                                             say)
     loss_fn = build_dpo_loss(cfg.loss, seed=cfg.train.seed)
     reference, eval_reference, ref_record = _references(cfg, policy, train_set, eval_set, acc.device, say)
-    strategy = _margin(cfg, loss_fn, train_set, train_pairs, tokenizer.pad_token_id, acc.device, say)
+    # ODPO's per-pair offsets come from a margin strategy (built, checked against the data, prepared)
+    strategy = setup_margin(cfg, train_set, train_pairs, pad, acc.device, say) if loss_fn.uses_offset else None
     if cfg.train.torch_compile:  # after the reference copy: the frozen reference runs uncompiled
         compile_blocks(policy)
-    pad = tokenizer.pad_token_id
     collate = pair_collator(pad, cfg.train.forward, cfg.data.padding_side)
     audit_masks(train_set, PairCollator(pad, cfg.data.padding_side), tokenizer, cfg.mask_audit, say)
     policy, optimizer, scheduler, total = prepare_optimization(acc, cfg, policy, len(train_set))
