@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from marginkit.study import margins as S
@@ -64,19 +65,83 @@ def test_unknown_variant_is_refused():
         S.StudyConfig(variants=["nope"]).chosen_variants()
 
 
+def outcomes(gap) -> np.ndarray:
+    """Per-pair outcome, ties 1/2: 1 if Δ > 0, 1/2 if Δ = 0, 0 if Δ < 0."""
+    gap = np.asarray(gap, dtype=np.float64)
+    return (gap > 0) + 0.5 * (gap == 0)
+
+
+def t_interval_by_hand(x) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval of two values: half-width t_{0.975, 1} sd / sqrt(2)."""
+    mean, sd = float(np.mean(x)), float(np.std(x, ddof=1))
+    half = 12.706204736 * sd / math.sqrt(2)
+    return mean, mean - half, mean + half
+
+
+def scored(model_dir, pairs):
+    """(Δ [B], true gap [B]) of a saved RM on pairs, tokenised as the study trains (max_length 64)."""
+    from marginkit.data.ledger import Ledger
+    from marginkit.data.tokenize import TokenizeConfig, encode_pairs
+    from marginkit.evaluate.scorer import score_encoded
+    from marginkit.models.reward import ModelConfig, load_reward_model
+
+    model, tok = load_reward_model(ModelConfig(name_or_path=str(model_dir), head_init="keep"))
+    encoded = encode_pairs(pairs, tok, TokenizeConfig(max_length=64), Ledger())
+    assert len(encoded) == len(pairs)
+    chosen, rejected = score_encoded(model, encoded, tok.pad_token_id)
+    return np.asarray(chosen - rejected, dtype=np.float64), np.array([e.gold_gap for e in encoded])
+
+
 @pytest.mark.slow
 def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
-    monkeypatch.setitem(S.STUDY_SIZES, "tiny", S.StudySize(n_train=64, n_val=32, n_test=48, epochs=1, hidden=16,
-                                                           layers=1, eval_every=1))
+    from marginkit.data.world import WorldConfig, make_world
+
+    size = S.StudySize(n_train=64, n_val=32, n_test=48, epochs=1, hidden=16, layers=1, eval_every=1)
+    monkeypatch.setitem(S.STUDY_SIZES, "tiny", size)
     cfg = S.StudyConfig(out=str(tmp_path), size="tiny", seeds=[0, 1], noises=[0.5], variants=["fixed-1"],
                         batch_size=16)
     lines = []
     summary = S.run_study(cfg, log=lines.append)
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert {(r["seed"], r["variant"]) for r in rows} == {(0, "bt"), (1, "bt"), (0, "fixed-1"), (1, "fixed-1")}
-    assert all(0.0 <= r["acc"] <= 1.0 and len(r["curve"]) == 4 for r in rows)  # 64 pairs / 16 = 4 steps, eval each
+    assert all(len(r["curve"]) == 4 for r in rows)  # 64 pairs / 16 = 4 steps, evaluated after each
     assert (tmp_path / "study.md").exists() and (tmp_path / "study_accuracy.png").exists()
-    assert {e["variant"] for e in summary["table"]} == {"bt", "fixed-1"}
+    by = {(r["seed"], r["variant"]): r for r in rows}
+
+    # Each row, recomputed from its saved RM on the world the study built (same WorldConfig): accuracy against the
+    # true preference (true ties left out), near-ties and clear pairs (lowest and highest |true gap| quartile),
+    # r(Δ, true gap), accuracy against the labels; and the last point of the validation curve.
+    for seed in (0, 1):
+        world = make_world(WorldConfig(seed=seed, n_train=64, n_val=32, n_test=48, noise=0.5))
+        for variant in ("bt", "fixed-1"):
+            row, folder = by[(seed, variant)], tmp_path / "noise0.5" / f"seed{seed}" / variant / "model"
+            gap, gold = scored(folder, world.test)
+            assert np.abs(gap).min() > 1e-6  # no model tie within rounding: the outcomes are exact
+            decided = gold != 0
+            agree = outcomes(gap * np.sign(gold))[decided]
+            assert row["acc"] == pytest.approx(agree.mean()), (seed, variant)
+            strength = np.abs(gold[decided])
+            q1, q3 = np.quantile(strength, [0.25, 0.75])
+            assert row["acc_near_ties"] == pytest.approx(agree[strength < q1].mean())
+            assert row["acc_clear"] == pytest.approx(agree[strength >= q3].mean())
+            assert row["pearson"] == pytest.approx(np.corrcoef(gap, gold)[0, 1], rel=1e-4)
+            assert row["acc_labels"] == pytest.approx(outcomes(gap).mean())
+            val_gap, val_gold = scored(folder, world.val)
+            assert row["val_acc"] == row["curve"][-1]["val_gold_acc"] == pytest.approx(
+                outcomes(val_gap * np.sign(val_gold))[val_gold != 0].mean())
+        # the variant's own margin reached its trainer; BT trained without one
+        run_yaml = (tmp_path / "noise0.5" / f"seed{seed}" / "fixed-1" / "config.yaml").read_text()
+        assert "name: fixed" in run_yaml and "value: 1.0" in run_yaml
+        assert "name: none" in (tmp_path / "noise0.5" / f"seed{seed}" / "bt" / "config.yaml").read_text()
+
+    # the summary, recomputed from the rows: t-intervals over the two seeds and the paired difference to BT
+    table = {e["variant"]: e for e in summary["table"]}
+    for variant in ("bt", "fixed-1"):
+        assert table[variant]["acc"] == pytest.approx(t_interval_by_hand([by[(s, variant)]["acc"] for s in (0, 1)]))
+    assert table["fixed-1"]["acc_vs_bt"] == pytest.approx(
+        t_interval_by_hand([by[(s, "fixed-1")]["acc"] - by[(s, "bt")]["acc"] for s in (0, 1)]))
+    assert summary["chosen"]["fixed"]["0.5"] == "fixed-1"  # the family's only variant
+
     # resume: nothing left to do, rows not duplicated
     S.run_study(cfg, log=lines.append)
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
