@@ -7,6 +7,7 @@ llama q/k permutation, mean pooling) run wherever gguf/torch are installed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import math
@@ -115,27 +116,51 @@ def test_sentence_embeddings_match_sentence_transformers():
 
 @needs_minilm
 @pytest.mark.shared_data
-def test_minilm_rm_trained_on_real_pairs_reloads_with_the_same_rewards(tmp_path):
+def test_minilm_rm_with_the_ot_margin_on_real_pairs(tmp_path):
+    """MiniLM as the reward model and as the OT margin's external sentence encoder, on UltraFeedback pairs: the
+    first step's loss is the margin loss computed by hand, and the saved RM reloads with the trained rewards."""
     from marginkit.config import RMRunConfig
     from marginkit.data.load import load_pairs
     from marginkit.evaluate.rm_eval import evaluate_rm_dir
+    from marginkit.margins import MarginInputs, MarginSpec
+    from marginkit.margins.ot import OTMargin, OTMarginConfig, encode_texts
     from marginkit.models.pretrained import minilm_dir
 
     path = shared_data_dir() / "ultrafeedback-binarized-1k2" / "train_clean.jsonl.gz"
     if not path.exists():
         pytest.skip(f"shared data file {path} is absent (set MARGINKIT_SHARED_DATA)")
     pairs, _ = load_pairs(path, on_invalid="skip")
+    train, held_out = pairs[:8], pairs[8:14]
+    ot = OTMarginConfig(embeddings="external", encoder=str(minilm_dir()), encoder_max_length=48)
     cfg = RMRunConfig()
     cfg.model.name_or_path = str(minilm_dir())
+    cfg.margin = MarginSpec(name="ot", ot=ot)
     cfg.data.tokenize.max_length = 48
+    cfg.data.cache_dir = str(tmp_path / "cache")
     cfg.train.output_dir = str(tmp_path / "run")
-    cfg.train.batch_size, cfg.train.max_steps, cfg.train.learning_rate = 4, 2, 1e-4
-    cfg.train.progress_bar = False
-    result = _train_quietly(cfg, pairs[:8], pairs[8:14])
-    assert len(result.history) >= 1 and result.eval_gaps is not None
-    assert np.abs(result.eval_gaps).max() > 0  # two steps moved the head off zero
-    report = evaluate_rm_dir(result.model_dir, pairs[8:14], progress=False)
+    cfg.train.batch_size, cfg.train.num_epochs, cfg.train.max_steps, cfg.train.learning_rate = 8, 2, 2, 1e-4
+    cfg.train.log_every, cfg.train.progress_bar = 1, False
+    result = _train_quietly(cfg, train, held_out)
+    rows = [r for r in result.history if "loss" in r]
+    assert len(rows) == 2 and result.eval_gaps is not None
+
+    # Step 1 by hand: MiniLM's zero-initialised head gives Δ = 0 for every pair, so each pair's loss is
+    # softplus(m_i), with m the OT margin of MiniLM's sentence embeddings of the 8 responses on each side
+    # (one batch of all 8 pairs, in some order: the margins follow the pairs, so the mean is the same).
+    emb = encode_texts([p.chosen for p in train] + [p.rejected for p in train], minilm_dir(), max_length=48)
+    nan = torch.full((8,), math.nan)
+    same_maths = dataclasses.replace(ot, embeddings="hidden", encoder="")  # the embeddings are given here
+    margins = OTMargin(same_maths)(MarginInputs(torch.zeros(8), nan, nan, nan, 0, emb[:8], emb[8:])).target_margin
+    assert (margins > 0).all()
+    torch.testing.assert_close(torch.tensor(rows[0]["target_margins/mean"]), margins.mean(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(rows[0]["loss"]), torch.nn.functional.softplus(margins).mean(),
+                               rtol=1e-4, atol=1e-5)
+    assert rows[0]["loss"] > math.log(2) + 0.05  # the margin is in the loss: plain BT would read ln 2
+
+    # the saved folder is the trained RM: eval-rm on it gives the gaps the run computed at its end
+    report = evaluate_rm_dir(result.model_dir, held_out, progress=False)
     np.testing.assert_allclose(report.gaps, result.eval_gaps, rtol=1e-5, atol=1e-6)
+    assert np.abs(result.eval_gaps).max() > 1e-4  # trained: the zero head gives 0 for every pair
 
 
 def _train_quietly(cfg, train, evaluation):
