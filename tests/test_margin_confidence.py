@@ -176,7 +176,10 @@ def test_ensemble_mean_and_std_hand_worked():
 # ---------------------------------------------------------------- reduction to BT through the real step
 
 def test_filter_none_zero_scale_is_exactly_bt(tiny_model_dir, word_tokenizer):
-    # filter none, α = 0: every pair active with m = 0, so the step's loss equals the plain BT step's
+    # filter none, α = 0: every pair active with m = 0, so the step's loss equals the plain BT step's.
+    # The head's draw is seeded: unseeded, it followed whatever the previous test left in the global RNG,
+    # and after tests/test_engine.py it gave μ_B < 0, so m = max(μ_B, 0) = 0 and the last claim failed.
+    torch.manual_seed(2)
     model, tok = load_reward_model(ModelConfig(name_or_path=str(tiny_model_dir), head_init="normal"))
     pairs = make_pairs(vocab_words(tok), 4, seed=1)
     batch = collate_pairs(encode_pairs(pairs, tok, TokenizeConfig(), Ledger()), tok.pad_token_id)
@@ -185,8 +188,10 @@ def test_filter_none_zero_scale_is_exactly_bt(tiny_model_dir, word_tokenizer):
     bt = rm_step(model, batch, NoMargin(), 0)
     assert_close(out.loss_sum, bt.loss_sum, rtol=0, atol=0)
     assert_close(out.stats["target_margins/active_fraction"], torch.tensor(4.0))
-    # the same step with the default margin demands more of the below-mean pairs: loss grows
-    assert rm_step(model, batch, confidence(), 0).loss_sum > bt.loss_sum
+    # the same step with the default margin demands m = μ_B > 0 of the below-mean pairs: loss grows
+    default = rm_step(model, batch, confidence(), 0)
+    assert default.stats["target_margins/batch_mean_gap"] > 0  # the premise (seed 2: μ_B ≈ 0.096)
+    assert default.loss_sum > bt.loss_sum
 
 
 def test_batch_mean_across_two_processes_equals_one(tmp_path):
@@ -371,27 +376,54 @@ def gold_world(tmp_path_factory):
     return world, base, make_rm(root / "ref", tok, seed=5)
 
 
+def scored_gaps(model_dir, pairs) -> torch.Tensor:
+    """Δ [B] (float32) of a saved RM on pairs, tokenised as the runs below train (TokenizeConfig defaults)."""
+    model, tok = load_reward_model(ModelConfig(name_or_path=str(model_dir), head_init="keep"))
+    chosen, rejected = score_encoded(model.eval(), encode_pairs(pairs, tok, TokenizeConfig(), Ledger()), tok.pad_token_id)
+    return torch.as_tensor(chosen - rejected, dtype=torch.float32)
+
+
 @pytest.mark.parametrize("source", ["batch_mean", "reference"])
 def test_train_reward_model_with_confidence_margin(gold_world, tmp_path, source):
     world, base, ref = gold_world
-    extra = {"reference_model": str(ref)} if source == "reference" else {}
+    extra = {"reference_model": str(ref), "filter": "none"} if source == "reference" else {}
     spec = MarginSpec(name="confidence", confidence=ConfidenceMarginConfig(source=source, **extra))
 
     def run(seed: int, said: list[str]):
-        cfg = run_config(base, tmp_path / f"run-{seed}", head_init="zero", margin=spec, batch_size=4, seed=seed)
+        # one batch of all 8 pairs per step, two epochs; the model after step 1 is kept. lr 0.05: the first step
+        # moves the zero head far enough (gaps ~0.1, not ~1e-3) that step 2's margin term is well above rounding
+        cfg = run_config(base, tmp_path / f"run-{seed}", head_init="zero", margin=spec, batch_size=8, num_epochs=2,
+                         save_every=1, save_total_limit=0, learning_rate=0.05)
         cfg.data.cache_dir = str(tmp_path / "cache")
         return train_reward_model(cfg, world.train, world.val, console=said.append)
 
     said: list[str] = []
     rows = [r for r in run(0, said).history if "loss" in r]
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
-    # step 1: a zero head gives Δ = 0 = μ_B for every pair, none below the mean: plain BT, loss ln 2
-    assert rows[0]["target_margins/filtered_fraction"] == 1.0
-    assert rows[0]["target_margins/batch_mean_gap"] == 0.0
-    assert_close(torch.tensor(rows[0]["loss"]), torch.tensor(math.log(2.0)))
-    for key in ("target_margins/filtered_fraction", "target_margins/batch_mean_gap", "target_margins/active_mean"):
+    for key in ("target_margins/filtered_fraction", "target_margins/active_mean"):
         assert key in rows[1]
-    if source == "reference":
+    if source == "batch_mean":
+        # step 1: a zero head gives Δ = 0 = μ_B for every pair, none below the mean: plain BT, loss ln 2
+        assert rows[0]["target_margins/filtered_fraction"] == 1.0
+        assert rows[0]["target_margins/batch_mean_gap"] == 0.0
+        assert_close(torch.tensor(rows[0]["loss"]), torch.tensor(math.log(2.0)))
+        # step 2 by hand from the model after step 1: μ_B = mean Δ; pairs with Δ < μ_B get m = max(μ_B, 0), the
+        # others m = 0; loss = mean softplus(m - Δ)
+        gap = scored_gaps(tmp_path / "run-0" / "checkpoints" / "step-000001" / "model", world.train)  # [8]
+        mu = gap.mean()
+        print("MU", float(mu), gap.tolist(), rows[1]["loss"], float(torch.nn.functional.softplus(-gap).mean()))
+        assert mu > 0  # step 1 pushed the gaps up on average: the margin is not 0
+        m = torch.where(gap < mu, mu.clamp(min=0), 0.0)
+        assert rows[1]["target_margins/batch_mean_gap"] == pytest.approx(float(mu), rel=1e-4, abs=1e-6)
+        assert rows[1]["target_margins/filtered_fraction"] == pytest.approx(float((gap >= mu).float().mean()))
+        assert_close(torch.tensor(rows[1]["loss"]), torch.nn.functional.softplus(m - gap).mean(), rtol=1e-4, atol=1e-6)
+    else:
+        # step 1 by hand: Δ = 0 and every pair active (filter none), m = max(reference RM's gap, 0):
+        # loss = mean softplus(m), above BT's ln 2 wherever the reference prefers the chosen response
+        m = scored_gaps(ref, world.train).clamp(min=0)
+        assert (m > 0).any()
+        assert_close(torch.tensor(rows[0]["target_margins/mean"]), m.mean(), rtol=1e-4, atol=1e-6)
+        assert_close(torch.tensor(rows[0]["loss"]), torch.nn.functional.softplus(m).mean(), rtol=1e-4, atol=1e-6)
         assert any("cache miss" in s for s in said)
         said2: list[str] = []
         run(1, said2)  # another seed: the reference gaps come from the cache

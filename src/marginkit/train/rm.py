@@ -23,7 +23,7 @@ from marginkit.data.ledger import Ledger
 from marginkit.data.schema import Pair
 from marginkit.data.tokenize import EncodedPair
 from marginkit.diagnostics.preflight import PreflightError, check_reward_tokens
-from marginkit.evaluate.accuracy import pair_outcomes
+from marginkit.evaluate.rm_eval import reward_metrics
 from marginkit.evaluate.scorer import score_encoded
 from marginkit.margins import MarginInputs, MarginStrategy, target_margins
 from marginkit.models.packing import compile_blocks, select_attention
@@ -135,18 +135,9 @@ def _step(model: Any, batch: dict[str, torch.Tensor], step: int, strategy: Margi
 
 def _evaluate(acc: Accelerator, model: Any, eval_set: list[EncodedPair], pad_id: int, cfg: RMRunConfig,
               step: int) -> dict[str, float]:
+    """eval_ metrics of the RM on the eval pairs: the ones eval-rm and eval-dpo log (evaluate/rm_eval.py)."""
     c, r = score_encoded(acc.unwrap_model(model), eval_set, pad_id, cfg.data.padding_side)
-    gap = c - r
-    loss = np.logaddexp(0.0, -gap)  # BT loss without margin: comparable across strategies
-    out = {"eval_loss": float(loss.mean()), "eval_rewards/accuracies": float(pair_outcomes(gap).mean()),
-           "eval_rewards/margins": float(gap.mean()), "eval_rewards/chosen": float(c.mean()),
-           "eval_rewards/rejected": float(r.mean())}
-    gold = np.array([e.gold_gap for e in eval_set])
-    known = np.isfinite(gold) & (gold != 0)  # gold-reward worlds: agreement with the true preference, true ties left out
-    if known.any():
-        # Δ signed by the true preference: > 0 agrees, = 0 is a tie (1/2), as every accuracy counts it
-        out["eval_rewards/gold_accuracies"] = float(pair_outcomes(gap[known] * np.sign(gold[known])).mean())
-    return out
+    return reward_metrics(c, r, np.array([e.gold_gap for e in eval_set]), prefix="eval_")
 
 
 def _preflight(train_set: list[EncodedPair], collate: PairCollator, tokenizer: Any, encoder: bool,
