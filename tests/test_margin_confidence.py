@@ -411,7 +411,6 @@ def test_train_reward_model_with_confidence_margin(gold_world, tmp_path, source)
         # others m = 0; loss = mean softplus(m - Δ)
         gap = scored_gaps(tmp_path / "run-0" / "checkpoints" / "step-000001" / "model", world.train)  # [8]
         mu = gap.mean()
-        print("MU", float(mu), gap.tolist(), rows[1]["loss"], float(torch.nn.functional.softplus(-gap).mean()))
         assert mu > 0  # step 1 pushed the gaps up on average: the margin is not 0
         m = torch.where(gap < mu, mu.clamp(min=0), 0.0)
         assert rows[1]["target_margins/batch_mean_gap"] == pytest.approx(float(mu), rel=1e-4, abs=1e-6)
