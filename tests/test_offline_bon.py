@@ -79,7 +79,12 @@ def test_win_rates_by_hand(result):
     assert [w.value for w in wins] == [0.5, 0.75, 1.0]
     assert (wins[0].low, wins[0].high) == (0.5, 0.5) and (wins[0].ties, wins[0].wins) == (2, 0)
     assert (wins[1].wins, wins[1].ties, wins[1].losses) == (1, 1, 0)
-    assert all(w.low <= w.value <= w.high for w in wins)
+    # intervals: percentile bootstrap (200 resamples, seed 0) of the per-instruction outcomes, drawn one resample
+    # at a time: N=2 outcomes (1/2, 1); N=3 outcomes (1, 1), every resample 1
+    rng = np.random.default_rng(0)
+    means = [np.array([0.5, 1.0])[rng.integers(0, 2, size=2)].mean() for _ in range(200)]
+    assert (wins[1].low, wins[1].high) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
+    assert (wins[2].low, wins[2].high) == (1.0, 1.0)
     assert "b" not in result.raw.win_rates and result.baseline == "b"
 
 

@@ -32,8 +32,15 @@ def test_report_by_hand():
     rep = sections_report({"A": np.array([1.0, -1.0, 0.0, 2.0]), "B": np.array([3.0, 1.0])}, n_boot=300)
     assert [s.accuracy.value for s in rep.sections] == [0.625, 1.0]
     assert rep.mean == 0.8125
-    # B is always 1 in every resample, A's resampled accuracy lies in [0, 1]: the mean's interval in [0.5, 1]
-    assert 0.5 <= rep.mean_low <= rep.mean <= rep.mean_high <= 1.0
+    # the mean's interval by hand, as the docstring states it: replicate b resamples A's 4 outcomes (1, 0, 1/2, 1),
+    # then B's 2, from one default_rng(0); B's outcomes are all 1, so a replicate is (A's resampled accuracy + 1) / 2
+    outcomes_a, rng, reps = np.array([1.0, 0.0, 0.5, 1.0]), np.random.default_rng(0), []
+    for _ in range(300):
+        accuracy_a = outcomes_a[rng.integers(0, 4, size=4)].mean()
+        rng.integers(0, 2, size=2)  # B's resample
+        reps.append((accuracy_a + 1.0) / 2)
+    assert (rep.mean_low, rep.mean_high) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+    assert rep.mean_low < rep.mean_high  # A's pairs vary, so the interval does not collapse
     perfect = sections_report({"A": np.ones(5), "B": np.ones(3)}, n_boot=50)
     assert (perfect.mean, perfect.mean_low, perfect.mean_high) == (1.0, 1.0, 1.0)
     table = format_sections(rep)
