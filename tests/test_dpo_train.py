@@ -195,6 +195,10 @@ LOSS_SECTIONS = {
 }
 
 
+ZERO_GAP_LOSS = {"sigmoid": LN2, "ipo": 25.0, "hinge": 1.0, "cdpo": LN2, "robust": LN2, "beta_dpo": LN2,
+                 "odpo": math.log1p(math.e)}  # softplus(Δ) with Δ = 1, see below
+
+
 @pytest.mark.parametrize("name", sorted(LOSS_SECTIONS))
 def test_every_loss_trains_and_logs(tiny_model_dir, word_tokenizer, tmp_path, name):
     graded = [Pair(p.prompt, p.chosen, p.rejected, score_chosen=3, score_rejected=1, id=p.id)
@@ -208,6 +212,9 @@ def test_every_loss_trains_and_logs(tiny_model_dir, word_tokenizer, tmp_path, na
     else:
         # h = 0 at the start: the loss is its zero-gap value plus 0.5 * NLL of the chosen tokens
         assert first["loss"] == pytest.approx(first["diagnostics/loss_at_zero_gap"], rel=1e-5)
+        # and the zero-gap value is the named loss's own, by hand at β = 0.1 (losses/dpo.py docstrings): a name
+        # that silently ran another loss would show here (IPO 1/(4β²) = 25, hinge 1, ODPO below, the rest ln 2)
+        assert first["loss"] - 0.5 * first["nll/chosen"] == pytest.approx(ZERO_GAP_LOSS[name], rel=1e-5)
     if name == "odpo":  # Δ = 0.5 * (3 - 1) = 1 for every pair: zero-gap loss softplus(1) + 0.5 NLL
         assert first["target_margins/mean"] == pytest.approx(1.0)
         assert first["diagnostics/loss_at_zero_gap"] == pytest.approx(math.log1p(math.e) + 0.5 * first["nll/chosen"],
