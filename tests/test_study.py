@@ -129,10 +129,21 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
             val_gap, val_gold = scored(folder, world.val)
             assert row["val_acc"] == row["curve"][-1]["val_gold_acc"] == pytest.approx(
                 outcomes(val_gap * np.sign(val_gold))[val_gold != 0].mean())
-        # the variant's own margin reached its trainer; BT trained without one
-        run_yaml = (tmp_path / "noise0.5" / f"seed{seed}" / "fixed-1" / "config.yaml").read_text()
+        # the variant's own margin reached its trainer and its loss; BT trained without one
+        unit = tmp_path / "noise0.5" / f"seed{seed}"
+        run_yaml = (unit / "fixed-1" / "config.yaml").read_text()
         assert "name: fixed" in run_yaml and "value: 1.0" in run_yaml
-        assert "name: none" in (tmp_path / "noise0.5" / f"seed{seed}" / "bt" / "config.yaml").read_text()
+        assert "name: none" in (unit / "bt" / "config.yaml").read_text()
+        first = {v: next(json.loads(x) for x in (unit / v / "metrics.jsonl").read_text().splitlines()
+                         if "loss" in json.loads(x)) for v in ("bt", "fixed-1")}
+        assert first["bt"]["target_margins/mean"] == 0.0 and first["fixed-1"]["target_margins/mean"] == 1.0
+        # the first logged window (4 steps): the head barely moves (mean gap within 1e-3 of 0, pairs ~1e-4), so the
+        # loss is softplus(m) to 1e-3: softplus(1) = 1.3133 with the margin, ln 2 without it
+        assert max(abs(first[v]["rewards/margins"]) for v in first) < 1e-3
+        assert first["fixed-1"]["loss"] == pytest.approx(math.log1p(math.e), abs=1e-3)
+        assert first["bt"]["loss"] == pytest.approx(math.log(2), abs=1e-3)
+        assert first["fixed-1"]["diagnostics/loss_at_zero_gap"] == pytest.approx(math.log1p(math.e))
+        assert first["bt"]["diagnostics/loss_at_zero_gap"] == pytest.approx(math.log(2))
 
     # the summary, recomputed from the rows: t-intervals over the two seeds and the paired difference to BT
     table = {e["variant"]: e for e in summary["table"]}
