@@ -92,6 +92,30 @@ def test_no_training_pair_left_is_an_error_naming_the_ledger(word_tokenizer, tmp
         train_setup.load_encoded(data, word_tokenizer, [], None)
 
 
+def test_a_run_that_lost_every_pair_still_writes_its_ledger(word_tokenizer, tmp_path):
+    data = run_config("unused-model", tmp_path).data
+    with pytest.raises(ValueError, match="no training pairs left"):
+        train_setup.load_data(data, word_tokenizer, [], None, StubAccelerator(True), tmp_path, lambda _: None)
+    assert json.loads((tmp_path / "ledger.json").read_text())["rows_read"] == 0
+
+
+def test_skipped_eval_rows_are_counted_in_their_own_ledger(word_tokenizer, tmp_path):
+    words = vocab_words(word_tokenizer)
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in make_pairs(words, 2)]
+    rows.append({"prompt": words[0], "chosen": "", "rejected": words[1]})  # empty chosen: skipped, counted
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = run_config("unused-model", tmp_path)
+    cfg.data.eval, cfg.data.on_invalid = str(eval_file), "skip"
+    said: list[str] = []
+    loaded = train_setup.load_data(cfg.data, word_tokenizer, make_pairs(words, 3), None, StubAccelerator(True),
+                                   tmp_path, said.append)
+    assert len(loaded[3]) == 2
+    ledger = json.loads((tmp_path / "ledger_eval.json").read_text())
+    assert (ledger["rows_read"], ledger["kept"]) == (3, 2)
+    assert any(line.startswith("eval data: ") for line in said)
+
+
 # ---- the optimizer: trainable parameters only ----
 
 def test_frozen_parameters_never_reach_adamw():

@@ -122,11 +122,12 @@ def _read(source: str, data: DataConfig, ledger: Ledger) -> list[Pair]:
 
 
 def load_encoded(data: DataConfig, tokenizer: Any, train_pairs: list[Pair] | None, eval_pairs: list[Pair] | None,
-                 encoder: bool = False) -> tuple[list[Pair], list[EncodedPair], list[Pair], list[EncodedPair], Ledger]:
+                 encoder: bool = False, eval_ledger: Ledger | None = None, allow_empty: bool = False,
+                 ) -> tuple[list[Pair], list[EncodedPair], list[Pair], list[EncodedPair], Ledger]:
     """(train pairs, their tokens, eval pairs, their tokens, the train ledger): pairs given in memory, or read
     from data.train / data.eval, tokenised as configured (`encoder`: the backbone is an encoder, which reads
-    [CLS] rather than the last token). Raises ValueError, with the ledger's summary, when no training pair is
-    left."""
+    [CLS] rather than the last token). The eval pairs are counted in `eval_ledger` when one is given.
+    Raises ValueError, with the ledger's summary, when no training pair is left (unless `allow_empty`)."""
     ledger = Ledger()
     if train_pairs is None:
         train_pairs = _read(data.train, data, ledger)
@@ -134,25 +135,37 @@ def load_encoded(data: DataConfig, tokenizer: Any, train_pairs: list[Pair] | Non
         ledger.read(len(train_pairs))
         ledger.keep(len(train_pairs))
     train_set = encode_pairs(train_pairs, tokenizer, data.tokenize, ledger, encoder)
-    eval_ledger = Ledger()
+    eval_ledger = eval_ledger if eval_ledger is not None else Ledger()
     if eval_pairs is None and data.eval:
         eval_pairs = _read(data.eval, data, eval_ledger)
     eval_pairs = eval_pairs or []
     eval_set = encode_pairs(eval_pairs, tokenizer, data.tokenize, eval_ledger, encoder) if eval_pairs else []
-    if not train_set:
-        raise ValueError(f"no training pairs left after loading ({ledger.summary()})")
+    if not train_set and not allow_empty:
+        _no_training_pairs(ledger)
     return train_pairs, train_set, eval_pairs, eval_set, ledger
+
+
+def _no_training_pairs(ledger: Ledger) -> None:
+    raise ValueError(f"no training pairs left after loading ({ledger.summary()})")
 
 
 def load_data(data: DataConfig, tokenizer: Any, train_pairs: list[Pair] | None, eval_pairs: list[Pair] | None,
               acc: Accelerator, out: Path, say: Callable[[str], None], encoder: bool = False,
               ) -> tuple[list[Pair], list[EncodedPair], list[Pair], list[EncodedPair], Ledger]:
-    """`load_encoded`, then the ledger written to the run folder by the main process and summarised."""
+    """`load_encoded`, then the ledgers written to the run folder by the main process and summarised: the
+    training pairs' in ledger.json, the eval pairs' (when read from data.eval) in ledger_eval.json."""
+    eval_ledger = Ledger()
     train_pairs, train_set, eval_pairs, eval_set, ledger = load_encoded(data, tokenizer, train_pairs, eval_pairs,
-                                                                        encoder)
-    if acc.is_main_process:
+                                                                        encoder, eval_ledger, allow_empty=True)
+    if acc.is_main_process:  # written before any refusal, so a run that lost every pair still says why
         ledger.write(out / "ledger.json")
+        if eval_ledger.rows_read:
+            eval_ledger.write(out / "ledger_eval.json")
     say(f"data: {ledger.summary()}")
+    if eval_ledger.rows_read:
+        say(f"eval data: {eval_ledger.summary()}")
+    if not train_set:
+        _no_training_pairs(ledger)
     return train_pairs, train_set, eval_pairs, eval_set, ledger
 
 
