@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 
 from marginkit.config import RMRunConfig
 from marginkit.configlib import to_dict
@@ -88,7 +89,7 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
 
     model_dir = finish_run(acc, out, save_model)
     margin_snapshot(acc.unwrap_model(model), train_set, strategy, PairCollator(pad, cfg.data.padding_side),
-                    cfg.train.batch_size, engine.step, out, write=acc.is_main_process)
+                    cfg.train.batch_size, engine.step, out, write=acc.is_main_process, progress=cfg.train.progress_bar)
     gaps = None
     if eval_set:
         c, r = score_encoded(acc.unwrap_model(model), eval_set, pad, cfg.data.padding_side)
@@ -98,7 +99,8 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
 
 @torch.no_grad()
 def margin_snapshot(model: Any, train_set: Sequence[EncodedPair], strategy: MarginStrategy, collate: PairCollator,
-                    batch_size: int, step: int, out: Path, max_pairs: int = 2048, write: bool = True) -> Path | None:
+                    batch_size: int, step: int, out: Path, max_pairs: int = 2048, write: bool = True,
+                    progress: bool = False) -> Path | None:
     """Target margins vs learned gaps on (up to `max_pairs`) training pairs with the final model:
     the strategy is run on batches of the training batch size, as in training, and margins.npz
     (target, gap, active [B]) and target_vs_learned.png are written to the run folder. Every process
@@ -110,7 +112,9 @@ def margin_snapshot(model: Any, train_set: Sequence[EncodedPair], strategy: Marg
     device = next(model.parameters()).device
     targets, gaps, actives = [], [], []
     subset = list(train_set[:max_pairs])
-    for i in range(0, len(subset), batch_size):
+    # A progress bar: on a large training set this pass takes minutes after the last step (issue 14).
+    for i in tqdm(range(0, len(subset), batch_size), desc="margin snapshot (final model on training pairs)",
+                  disable=not (progress and write), leave=False):
         batch = {k: v.to(device) for k, v in collate(subset[i:i + batch_size]).items()}
         rewards, hidden = score_batch(model, batch["input_ids"], batch["attention_mask"], "embeddings" in strategy.needs)
         chosen, rejected = rewards.chunk(2)  # [2B] -> [B], [B]
