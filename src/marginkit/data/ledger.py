@@ -29,6 +29,10 @@ class Ledger:
     expanded: int = 0  # extra pairs produced from rankings / lists
     merged: int = 0  # rows pooled into an earlier row's group (formats with one response per row)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    # Facts about kept pairs worth a count (e.g. "with_margin": pairs carrying a margin value) and one-line
+    # notes, each written once per ledger (e.g. how conversations without a chat template were rendered).
+    counts: Counter = field(default_factory=Counter)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def read(self, n: int = 1) -> None:
         self.rows_read += n
@@ -45,6 +49,13 @@ class Ledger:
         self.truncated[side] += 1
         self.truncated_tokens[side] += n_tokens
         self._example(f"truncated: {side}", where)
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counts[what] += n
+
+    def note(self, key: str, text: str) -> None:
+        """Record a one-line note under `key`; a later note with the same key is ignored (said once)."""
+        self.notes.setdefault(key, text)
 
     def _example(self, key: str, where: str) -> None:
         if where:
@@ -66,6 +77,8 @@ class Ledger:
             "truncated": dict(self.truncated),
             "truncated_tokens": dict(self.truncated_tokens),
             "examples": self.examples,
+            "counts": dict(self.counts),
+            "notes": self.notes,
         }
 
     def summary(self) -> str:
@@ -86,7 +99,9 @@ class Ledger:
                     f"{k} x{v} ({self.truncated_tokens[k]} tokens)" for k, v in sorted(self.truncated.items())
                 )
             )
-        return "; ".join(parts)
+        if self.counts.get("with_margin"):
+            parts.append(f"{self.counts['with_margin']} pairs carry a margin value")
+        return "; ".join(parts + [f"NOTE {text}" for text in self.notes.values()])
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -93,6 +93,8 @@ def encode_pair(
 ) -> EncodedPair | None:
     """Tokenise one pair, truncating as configured. Returns None only for a pair dropped by policy."""
     p_text, c_text, r_text, chat = _split_template(pair, tokenizer, cfg.template)
+    if not chat and not isinstance(pair.prompt, str):
+        _note_plain_conversation(ledger, cfg.template)
     lead, middle, tail = _special_layout(tokenizer, is_encoder, cfg.append_eos, chat)
     p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
     c_ids = tokenizer(c_text, add_special_tokens=False)["input_ids"]
@@ -131,6 +133,16 @@ def encode_pair(
     )
 
 
+def _note_plain_conversation(ledger: Ledger, template: str) -> None:
+    """Count a conversational prompt rendered without a chat template, and say once how it was rendered."""
+    ledger.count("conversations_rendered_plain")
+    why = ("the tokenizer has no chat template, so tokenize.template=auto fell back to plain" if template == "auto"
+           else "tokenize.template=plain")
+    ledger.note("template", f"conversational prompts rendered with the plain template ({why}): one "
+                            "'role: content' line per message, e.g. 'user: Hi\\n', then the response text; use a "
+                            "tokenizer with a chat template (or set tokenize.template=plain to choose this)")
+
+
 def encode_pairs(
     pairs: list[Pair], tokenizer: Any, cfg: TokenizeConfig, ledger: Ledger, is_encoder: bool = False
 ) -> list[EncodedPair]:
@@ -140,4 +152,6 @@ def encode_pairs(
         enc = encode_pair(pair, i, tokenizer, cfg, ledger, is_encoder)
         if enc is not None:
             out.append(enc)
+            if math.isfinite(enc.label_margin):
+                ledger.count("with_margin")  # setup says when no margin strategy reads them (train/setup.py)
     return out

@@ -52,7 +52,9 @@ class TrainConfig:
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
     num_epochs: int = field(default=1, metadata={"help": "Passes over the training pairs."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
+    max_steps: int = field(default=-1, metadata={
+        "help": "Optimizer steps to train (-1: num_epochs decide). As in TRL, a positive value overrides num_epochs: "
+                "the data is passed over again (a new order each epoch) until this many steps are done."})
     batch_size: int = field(default=8, metadata={"help": "Pairs per micro-batch, all processes together."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     lr_scheduler: Literal["cosine", "linear", "constant"] = field(default="cosine", metadata={"help": "Decay after warm-up."})
@@ -102,8 +104,8 @@ class TrainConfig:
         return math.ceil(math.ceil(n_pairs / self.batch_size) / self.gradient_accumulation_steps)
 
     def total_steps(self, n_pairs: int) -> int:
-        full = self.steps_per_epoch(n_pairs) * self.num_epochs
-        return min(full, self.max_steps) if self.max_steps > 0 else full
+        # max_steps > 0 overrides num_epochs, as transformers' TrainingArguments (TRL) does (issue 14).
+        return self.max_steps if self.max_steps > 0 else self.steps_per_epoch(n_pairs) * self.num_epochs
 
 
 @dataclass
@@ -402,7 +404,8 @@ class Engine:
         self._start_monitor()
         started = time.perf_counter()
         self.model.train()
-        while self.step < total and self.epoch < cfg.num_epochs:
+        while self.step < total and (cfg.max_steps > 0 or self.epoch < cfg.num_epochs):
+            step_before = self.step
             for window in self._windows(self._loader(data, self.epoch, skip=self.batches_done)):
                 step_sums: dict[str, torch.Tensor] = {}
                 self._optimizer_step(step_fn, window, step_sums)
@@ -427,6 +430,9 @@ class Engine:
                 if self.step >= total:
                     break
             else:
+                if self.step == step_before and self.batches_done == 0:
+                    raise ValueError(f"epoch {self.epoch} has no batch to train on ({len(data)} pairs, "
+                                     f"{self.acc.num_processes} processes): use fewer processes or more pairs")
                 self.epoch += 1
                 self.batches_done = 0
         bar.close()

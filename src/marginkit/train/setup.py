@@ -36,9 +36,10 @@ from marginkit.evaluate.scorer import score_rm_dir
 from marginkit.margins import MarginSetup, MarginStrategy, build_margin
 from marginkit.models.logprobs import sequence_logps
 from marginkit.train.engine import TrainConfig
+from marginkit.train.launch import check_launch
 
 __all__ = ["make_accelerator", "check_parallel", "start_run", "load_encoded", "load_data", "make_optimizer",
-           "prepare_optimization", "flat_config", "check_margin_inputs", "setup_margin", "pair_collator",
+           "prepare_optimization", "flat_config", "check_margin_inputs", "unused_margin_note", "setup_margin", "pair_collator",
            "audit_masks", "pair_ids", "policy_settings", "finish_run"]
 
 # margin `needs` -> (EncodedPair attribute, the data field to name in the error)
@@ -73,6 +74,7 @@ def check_parallel(train_cfg: TrainConfig, acc: Any) -> None:
     - DeepSpeed steps the optimizer inside every `backward` (the engine accumulates with `no_sync`), clips
       with its own config, and keeps optimizer states partitioned per process (the engine saves rank 0's).
     """
+    check_launch(acc.num_processes)  # `accelerate launch --cpu --num_processes 2` starts one (train/launch.py)
     kind = acc.distributed_type
     plugin = getattr(acc.state, "deepspeed_plugin", None)
     stage = getattr(plugin, "zero_stage", None) if kind == DistributedType.DEEPSPEED else None
@@ -215,12 +217,26 @@ def check_margin_inputs(strategy: MarginStrategy, name: str, encoded: Sequence[E
                                 "use a strategy that does not need it, or data that has it")
 
 
+def unused_margin_note(margin_name: str, train_set: Sequence[EncodedPair]) -> str | None:
+    """One line when the data carries margin values (TRL's `margin` column) that no strategy reads, else None:
+    TRL's RewardTrainer uses that column whenever it is there; here it takes margin.name=label (issue 14)."""
+    n = sum(math.isfinite(e.label_margin) for e in train_set)
+    if margin_name != "none" or not n:
+        return None
+    return (f"WARNING {n} of {len(train_set)} training pairs carry a margin value (TRL's `margin` column), which "
+            "margin.name=none ignores: to train with it as TRL does, set margin.name=label margin.label.source=margin "
+            "(ledger.json counts them under counts.with_margin)")
+
+
 def setup_margin(cfg: Any, train_set: list[EncodedPair], train_pairs: list[Pair], pad_id: int,
                  device: torch.device, say: Callable[[str], None]) -> MarginStrategy:
     """The strategy `cfg.margin` names, checked against the training data, then prepared once (reference gaps
     scored with `score_rm_dir`, the scorer eval-rm uses, or embeddings encoded, or nothing)."""
     strategy = build_margin(cfg.margin)
     check_margin_inputs(strategy, cfg.margin.name, train_set, train_pairs, cfg.data.train or "train pairs")
+    note = unused_margin_note(cfg.margin.name, train_set)
+    if note:
+        say(note)
     strategy.prepare(MarginSetup(train_set, train_pairs, pad_id, cfg.data.padding_side, device,
                                  cfg.data.resolved_cache_dir(), say, score_rm_dir))
     return strategy

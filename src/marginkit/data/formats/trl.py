@@ -52,7 +52,8 @@ __all__ = ["TrlOptions", "convert", "detect", "resolve_texts", "split_conversati
 
 @dataclass(frozen=True)
 class TrlOptions:
-    """Field names; every field not named here is carried into the pair's metadata."""
+    """Field names; every field not named here is carried into the pair's metadata, except "margin" (TRL's
+    RewardTrainer column), which becomes the pair's margin."""
 
     prompt_field: str = "prompt"
     chosen_field: str = "chosen"
@@ -149,4 +150,8 @@ def resolve_texts(record: Mapping[str, Any], prompt_field: str, chosen_field: st
 def convert(record: Mapping[str, Any], options: TrlOptions) -> Converted:
     fields = (options.prompt_field, options.chosen_field, options.rejected_field)
     prompt, chosen, rejected = resolve_texts(record, *fields)
-    return Converted(pairs=(Pair(prompt, chosen, rejected, metadata=leftovers(record, fields)),))
+    # TRL's RewardTrainer reads an optional "margin" column: it becomes the pair's margin (what
+    # margin.label.source=margin reads, validated as a number), not metadata (issue 14).
+    margin = record.get("margin")
+    return Converted(pairs=(Pair(prompt, chosen, rejected, margin=margin,
+                                 metadata=leftovers(record, (*fields, "margin"))),))
