@@ -190,6 +190,7 @@ def test_conversations_without_a_chat_template_are_noted_once(word_tokenizer):
     note = ledger.notes["template"]
     assert "plain template" in note and "'role: content'" in note and "no chat template" in note
     assert ledger.summary().count("NOTE") == 1  # said once, however many pairs
+    assert ledger.summary().splitlines()[1] == f"NOTE {note}"  # on a line of its own
     assert ledger.to_dict()["notes"] == {"template": note}
     # what "plain" means: "user: cats\n" then the response, as the note says
     prompt = word_tokenizer.decode(encoded[0].chosen_ids[:encoded[0].prompt_len], skip_special_tokens=True)

@@ -82,7 +82,7 @@ class Ledger:
         }
 
     def summary(self) -> str:
-        """One human-readable paragraph for the console."""
+        """One human-readable paragraph for the console, then one line per note."""
         parts = [f"{self.rows_read} rows read, {self.kept} pairs kept"]
         if self.merged:
             parts.append(f"{self.merged} rows pooled into earlier rows' groups")
@@ -101,7 +101,7 @@ class Ledger:
             )
         if self.counts.get("with_margin"):
             parts.append(f"{self.counts['with_margin']} pairs carry a margin value")
-        return "; ".join(parts + [f"NOTE {text}" for text in self.notes.values()])
+        return "; ".join(parts) + "".join(f"\nNOTE {text}" for text in self.notes.values())  # one line each
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
