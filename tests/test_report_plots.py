@@ -52,7 +52,9 @@ def drawn(monkeypatch) -> list[Figure]:
 
 
 def legend_texts(ax) -> list[str]:
-    return [t.get_text() for t in ax.get_legend().get_texts()]
+    """The legend's entries: the axes' own, or (plots with one axes) the figure's, which sits under the axes."""
+    legend = ax.get_legend() or ax.figure.legends[0]
+    return [t.get_text() for t in legend.get_texts()]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -123,7 +125,10 @@ def test_plot_training_curves(tmp_path: Path, drawn: list[Figure]) -> None:
                      "bt+margin train": (train_steps, [0.615, 0.54, 0.465, 0.39]),
                      "bt+margin eval": (eval_steps, [0.58, 0.46])}
     lines = {line.get_label(): line for line in loss_ax.get_lines()}
-    assert list(lines) == list(expected_loss) == legend_texts(loss_ax)
+    assert list(lines) == list(expected_loss)
+    # one legend for the figure, under the panels: each run's colour once, then each line style once
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["bt", "bt+margin", "train", "eval"]
     for label, (x, y) in expected_loss.items():
         assert_allclose(lines[label].get_xdata(), x)
         assert_allclose(lines[label].get_ydata(), y)
@@ -201,7 +206,25 @@ def test_plot_accuracy_by_bucket(tmp_path: Path, drawn: list[Figure]) -> None:
 def test_plot_accuracy_by_bucket_same_edges_label_the_ranges(tmp_path: Path, drawn: list[Figure]) -> None:
     same = [Bucket(0.0, 1.0, 4, 0.75), Bucket(1.0, 3.0, 4, 1.0)]
     plot_accuracy_by_bucket({"a": same, "b": same}, tmp_path / "b.png")
-    assert [t.get_text() for t in drawn[0].axes[0].get_xticklabels()] == ["[0, 1)", "[1, 3]"]
+    (ax,) = drawn[0].axes
+    # one test set: the same n in every run goes under the tick once, not above each bar
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["[0, 1)\nn=4", "[1, 3]\nn=4"] and len(ax.texts) == 0
+    # the lowest |gap| of a real run is ~1e-17: shown as 0
+    plot_accuracy_by_bucket({"a": [Bucket(1.39e-17, 0.3, 2, 0.5), Bucket(0.3, 6.85, 2, 1.0)]}, tmp_path / "c.png")
+    assert [t.get_text() for t in drawn[1].axes[0].get_xticklabels()] == ["[0, 0.3)\nn=2", "[0.3, 6.85]\nn=2"]
+
+
+def test_plot_training_curves_draws_the_loss_at_zero_gap(tmp_path: Path, drawn: list[Figure]) -> None:
+    # A margin run logs diagnostics/loss_at_zero_gap (mean softplus(m) of its batch): drawn dotted in the run's
+    # colour beside its loss, so a loss of ~1.2 reads against its own start (1.31 = softplus(1)), not ln 2.
+    log = write_jsonl(tmp_path / "m.jsonl", [{"step": s, "loss": 1.3 - 0.01 * s, "diagnostics/loss_at_zero_gap": 1.3133}
+                                             for s in (10, 20)])
+    plot_training_curves({"fixed": log}, tmp_path / "c.png", keys=["loss"])
+    (ax,) = drawn[0].axes
+    train, ref = ax.get_lines()
+    assert ref.get_label() == "fixed loss at Δ = 0" and ref.get_linestyle() == ":" and ref.get_color() == train.get_color()
+    assert_allclose(ref.get_ydata(), [1.3133, 1.3133])
+    assert legend_texts(ax) == ["fixed", "train", "loss at Δ = 0"]
 
 
 def test_plot_reliability(tmp_path: Path, drawn: list[Figure]) -> None:

@@ -36,6 +36,32 @@ _MAX_PNG_BYTES = 8 * 2**20
 _EVAL_KEYS = {"n_pairs", "accuracy", "by_abs_gap", "distribution"}
 _BUCKET_KEYS = (("by_abs_gap", "|Δ| (the RM's own gap)"), ("by_label", "|label margin| (data)"),
                 ("by_gold", "|true gap| (gold world; accuracy against the true preference)"))
+# The columns of the demo's and the world study's summary.json, for the header tooltips and the glossary under
+# the table (issue 14: a reader could not tell acc_true_low or pearson_true_gap apart). Unknown keys are shown
+# as they are.
+_COLUMNS = {
+    "strategy": "the margin strategy the reward model was trained with (bt: none, plain Bradley-Terry)",
+    "variant": "the study variant (margin strategy and its settings)",
+    "acc_labels": "pairwise accuracy on the test split against the data's labels (chosen scored above rejected; "
+                  "ties count ½)",
+    "acc_true": "pairwise accuracy against the gold world's true preference (the sign of the true reward gap), "
+                "which the noisy labels only estimate",
+    "acc": "pairwise accuracy on the test split against the true preference",
+    "val_acc": "pairwise accuracy on the validation split",
+    "acc_true_low": "lower end of acc_true's 95% bootstrap interval over test pairs",
+    "acc_true_high": "upper end of acc_true's 95% bootstrap interval over test pairs",
+    "acc_near_ties": "acc_true on the quarter of test pairs with the smallest |true gap| (near-ties: hard, "
+                     "~0.5 is expected)",
+    "acc_clear": "acc_true on the quarter of test pairs with the largest |true gap| (clear preferences)",
+    "pearson_true_gap": "Pearson correlation between the model's reward gap Δ and the true reward gap over test "
+                        "pairs (1: gaps proportional to the truth)",
+    "ece": "expected calibration error of σ(Δ) as P(chosen wins): mean |predicted − observed| over probability "
+           "bins, weighted by pairs (0: calibrated)",
+    "gap_skewness": "skewness of the test reward gaps Δ (0: symmetric)",
+    "train_seconds": "wall-clock seconds to train this reward model (a timing, not a result)",
+    "noise": "label noise of the world (the temperature of its Bradley-Terry labels)",
+    "seed": "training seed",
+}
 # Found figures go to the section their file name suggests (first match wins).
 _FIGURE_SECTIONS = (("training", ("training_curve", "loss", "curve")), ("bon", ("bon",)),
                     ("histograms", ("hist",)), ("buckets", ("bucket", "accuracy_by")))
@@ -54,6 +80,7 @@ class RunContents:
     texts: dict[str, str] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    skipped_figures: list[str] = field(default_factory=list)  # saved PNGs the page draws itself from the data
 
 
 def _walk(root: Path) -> list[Path]:
@@ -154,10 +181,14 @@ figure{margin:10px 0}figure img{max-width:100%;border:1px solid #e3e6ea}figcapti
 pre{background:#f3f4f6;padding:10px;overflow-x:auto;font-size:12px}
 .note{color:#57606a;font-size:13px}.empty{color:#8a939d;font-style:italic}
 .sev-stop{background:#fde2e1}.sev-warn{background:#fff4d6}.problem{color:#a40e26}
+th{white-space:normal;overflow-wrap:anywhere;max-width:9em;vertical-align:bottom}
+th[title]{cursor:help;text-decoration:underline dotted}summary{cursor:pointer;margin:6px 0}
+dl.gloss{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;font-size:13px;margin:4px 0 8px}
+dl.gloss dt{font-family:ui-monospace,monospace;font-size:12px}dl.gloss dd{margin:0;color:#3d444d}
 """
 
 _SECTIONS = (("summary", "Summary"), ("training", "Training curves"), ("histograms", "Reward-gap histograms"),
-             ("buckets", "Accuracy by margin bucket"), ("alerts", "Margin monitor alerts"),
+             ("buckets", "Accuracy and calibration"), ("alerts", "Margin monitor alerts"),
              ("bon", "Best-of-N"), ("figures", "Other figures"))
 
 
@@ -173,8 +204,10 @@ def _fmt(x: Any) -> str:
     return _e(x)
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], tips: dict[str, str] | None = None) -> str:
+    """A table; `tips` gives a header's tooltip (title) by its name."""
+    tips = tips or {}
+    th = "".join(f"<th title=\"{_e(tips[h])}\">{_e(h)}</th>" if h in tips else f"<th>{_e(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td class=\"num\">{_fmt(v)}</td>" if isinstance(v, (int, float))
                                     and not isinstance(v, bool) else f"<td>{_fmt(v)}</td>" for v in r) + "</tr>"
                    for r in rows)
@@ -215,20 +248,42 @@ def _last(path: Path, keys: Sequence[str]) -> dict[str, Any]:
     return last
 
 
+def _short(names: Sequence[str]) -> dict[str, str]:
+    """Legend names: the leading folders every name shares dropped ("demo/bt", "demo/fixed" -> "bt", "fixed"),
+    so the legends stay narrow; names unchanged when there is one, or when dropping would merge two."""
+    parts = [n.split("/") for n in names]
+    k = 0
+    while len(parts) > 1 and all(len(p) > k + 1 and p[k] == parts[0][k] for p in parts):
+        k += 1
+    short = {n: "/".join(p[k:]) for n, p in zip(names, parts)}
+    return short if len(set(short.values())) == len(short) else {n: n for n in names}
+
+
+_LOSS_NOTE = ("The loss of a margin strategy includes its margin term: with target margins m, a pair's loss is "
+              "softplus(m − Δ), so at Δ = 0 it starts from mean softplus(m) (dotted, "
+              "diagnostics/loss_at_zero_gap; softplus(1) = 1.31 for a fixed margin of 1) instead of BT's ln 2 = "
+              "0.69. Compare each run's loss with its own dotted line, and compare strategies by accuracy, not by "
+              "loss.")
+
+
 def _section_training(c: RunContents, plot: _Plotter) -> str:
     from marginkit.report.plots import plot_training_curves
 
     if not c.metrics:
         return "<p class=\"empty\">No metrics.jsonl in these runs.</p>"
     keys = ["loss", "rewards/accuracies", "rewards/margins"]
-    cols = ["step", "epoch", "loss", "rewards/accuracies", "rewards/margins", "target_margins/mean", "eval_loss",
-            "eval_rewards/accuracies"]
+    cols = ["step", "epoch", "loss", "diagnostics/loss_at_zero_gap", "rewards/accuracies", "rewards/margins",
+            "target_margins/mean", "eval_loss", "eval_rewards/accuracies"]
     finals = {name: _last(p, cols) for name, p in c.metrics.items()}
+    margins = any(f.get("target_margins/mean") for f in finals.values())
     if any("target_margins/mean" in f for f in finals.values()):
         keys.append("target_margins/mean")
+    short = _short(list(c.metrics))
+    runs = {short[n]: p for n, p in c.metrics.items()}
     # One image per metric, in a grid: legible at page width, where one wide figure would shrink.
-    parts = ["<div class=\"grid\">" + "".join(plot(plot_training_curves, f"{k} (train: line, eval: markers)",
-                                                   dict(c.metrics), keys=[k]) for k in keys) + "</div>"]
+    parts = [f"<p class=\"note\">{_e(_LOSS_NOTE)}</p>"] if margins else []
+    parts.append("<div class=\"grid\">" + "".join(plot(plot_training_curves, f"{k} (train: line, eval: markers)",
+                                                       runs, keys=[k]) for k in keys) + "</div>")
     shown = [k for k in cols if any(k in f for f in finals.values())]
     rows = [[name] + [f.get(k, "") for k in shown] for name, f in finals.items()]
     parts.append("<h3>Last logged values</h3>" + _table(["run"] + shown, rows))
@@ -245,13 +300,15 @@ def _section_histograms(c: RunContents, plot: _Plotter) -> str:
                 "shown below when there are any.</p>")
     rows = [[n, d["n"], d["mean"], d["std"], d["skewness"], d["p05"], d["p50"], d["p95"]]
             for n, d in ((n, c.evals[n]["distribution"]) for n in hists)]
-    return (plot(plot_gap_histogram_counts, "Held-out reward gap Δ = r_chosen − r_rejected per eval report", hists)
+    short = _short(list(hists))
+    return (plot(plot_gap_histogram_counts, "Held-out reward gap Δ = r_chosen − r_rejected per eval report",
+                 {short[n]: h for n, h in hists.items()})
             + _table(["eval report", "pairs", "mean", "std", "skewness", "5%", "median", "95%"], rows))
 
 
 def _section_buckets(c: RunContents, plot: _Plotter) -> str:
     from marginkit.evaluate.metrics import Bucket
-    from marginkit.report.plots import plot_accuracy_by_bucket
+    from marginkit.report.plots import plot_accuracy_by_bucket, plot_reliability
 
     if not c.evals:
         return "<p class=\"empty\">No eval reports in these runs.</p>"
@@ -264,13 +321,35 @@ def _section_buckets(c: RunContents, plot: _Plotter) -> str:
                      e.get("calibration", {}).get("ece", "")])
     parts.append(_table(["eval report", "pairs", "accuracy (labels)", "95% CI", "accuracy (true pref.)", "95% CI",
                          "ECE"], rows))
+    short = _short(list(c.evals))
+    figures = []
     for key, label in _BUCKET_KEYS:
-        runs = {n: [Bucket(**b) for b in e[key]["buckets"]] for n, e in c.evals.items()
+        runs = {short[n]: [Bucket(**b) for b in e[key]["buckets"]] for n, e in c.evals.items()
                 if isinstance(e.get(key), dict) and e[key].get("buckets")}
         if runs:
-            parts.append(plot(plot_accuracy_by_bucket, f"Accuracy by bucket of {label}", runs,
-                              title=f"Pairwise accuracy by {label.split(' (')[0]} quantile", xlabel=label))
+            figures.append(plot(plot_accuracy_by_bucket, f"Accuracy by bucket of {label}", runs,
+                                title=f"Pairwise accuracy by {label.split(' (')[0]} quantile", xlabel=label))
+    calibrations = _calibrations(c)
+    if calibrations:
+        figures.append(plot(plot_reliability, "Reliability of σ(Δ) per eval report (marker area: the bin's share "
+                            "of pairs)", {short[n]: cal for n, cal in calibrations.items()}))
+    parts.append("<div class=\"grid\">" + "".join(figures) + "</div>")
     return "".join(parts)
+
+
+def _calibrations(c: RunContents) -> dict[str, Any]:
+    """The eval reports' calibration (bins and all) as Calibration objects, by report name."""
+    from marginkit.evaluate.calibration import Calibration, CalibrationBin
+
+    out = {}
+    for n, e in c.evals.items():
+        cal = e.get("calibration")
+        if isinstance(cal, dict) and cal.get("bins"):
+            try:
+                out[n] = Calibration(**{**cal, "bins": tuple(CalibrationBin(**b) for b in cal["bins"])})
+            except TypeError as err:
+                c.problems.append(f"{n}: calibration not readable ({err})")
+    return out
 
 
 def _section_alerts(c: RunContents) -> str:
@@ -364,7 +443,12 @@ def _section_summary(c: RunContents) -> str:
     parts = []
     for name, rows in c.summaries.items():
         keys = list(dict.fromkeys(k for r in rows for k in r))
-        parts.append(f"<h3>{_e(name)}/summary.json</h3>" + _table(keys, [[r.get(k, "") for k in keys] for r in rows]))
+        parts.append(f"<h3>{_e(name)}/summary.json</h3>" + _table(keys, [[r.get(k, "") for k in keys] for r in rows],
+                                                                   tips=_COLUMNS))
+        known = [k for k in keys if k in _COLUMNS]
+        if known:
+            parts.append("<details open><summary class=\"note\">What the columns mean</summary><dl class=\"gloss\">"
+                         + "".join(f"<dt>{_e(k)}</dt><dd>{_e(_COLUMNS[k])}</dd>" for k in known) + "</dl></details>")
     for name, text in c.texts.items():
         if name.endswith("summary.md") and name.rsplit("/", 1)[0] in c.summaries:
             continue  # the demo's summary.md is its summary.json as text
@@ -375,17 +459,38 @@ def _section_summary(c: RunContents) -> str:
     return "".join(parts) or "<p class=\"empty\">No summary.json or summary.md in these runs.</p>"
 
 
+def _redrawn(c: RunContents) -> tuple[str, ...]:
+    """File-name prefixes/parts of saved figures the page draws itself from the runs' own data, which would
+    only repeat it (issue 14: the demo's page showed each gap histogram and reliability diagram twice)."""
+    drawn = []
+    if c.metrics:
+        drawn.append("training_curves")
+    if c.bon:
+        drawn.append("bon_")
+    if any(e.get("distribution", {}).get("hist_counts") for e in c.evals.values()):
+        drawn += ["gap_hist"]  # eval-rm's <name>_gap_hist.png, the demo's gap_histograms.png
+    if any(isinstance(e.get(k), dict) and e[k].get("buckets") for e in c.evals.values() for k, _ in _BUCKET_KEYS):
+        drawn += ["accuracy_by"]
+    if any(isinstance(e.get("calibration"), dict) and e["calibration"].get("bins") for e in c.evals.values()):
+        drawn.append("reliability")
+    return tuple(drawn)
+
+
 def _place_figures(c: RunContents) -> dict[str, list[tuple[str, Path]]]:
     placed: dict[str, list[tuple[str, Path]]] = {}
+    drawn = _redrawn(c)
+    skipped = []
     for name, path in c.figures.items():
         low = path.name.lower()
         if path.stat().st_size > _MAX_PNG_BYTES:
             c.problems.append(f"{path}: PNG over {_MAX_PNG_BYTES // 2**20} MiB, not embedded")
             continue
-        if (c.metrics and low.startswith("training_curves")) or (c.bon and low.startswith("bon_")):
-            continue  # drawn above from the same files
+        if any(low.startswith(d) if d.endswith("_") or d == "training_curves" else d in low for d in drawn):
+            skipped.append(name)  # drawn on this page from the same files
+            continue
         section = next((s for s, keys in _FIGURE_SECTIONS if any(k in low for k in keys)), "figures")
         placed.setdefault(section, []).append((name, path))
+    c.skipped_figures = skipped
     return placed
 
 
@@ -400,10 +505,13 @@ def render_html(c: RunContents, title: str = "marginkit report") -> str:
                   "buckets": _section_buckets(c, plot), "alerts": _section_alerts(c), "bon": _section_bon(c, plot)}
     bodies["summary"] = _section_summary(c)  # last: lists the problems met while plotting
     for section, figs in placed.items():
-        extra = "".join(_img(p, f"{n}.png (saved by the run)") for n, p in figs)
+        extra = "<div class=\"grid\">" + "".join(_img(p, f"{n}.png (saved by the run)") for n, p in figs) + "</div>"
         head = "" if section == "figures" else "<h3>Figures saved by the runs</h3>"
         bodies[section] = bodies.get(section, "") + head + extra
     bodies.setdefault("figures", "<p class=\"empty\">No other figures.</p>")
+    if c.skipped_figures:
+        bodies["figures"] += ("<p class=\"note\">Not repeated here (drawn above from the same data): "
+                              + _e(", ".join(f"{n}.png" for n in c.skipped_figures)) + ".</p>")
     nav = "".join(f"<a href=\"#{sid}\">{_e(label)}</a>" for sid, label in _SECTIONS)
     sections = "".join(f"<section id=\"{sid}\"><h2>{_e(label)}</h2>{bodies[sid]}</section>" for sid, label in _SECTIONS)
     runs = ", ".join(_e(d.resolve()) for d in c.run_dirs)

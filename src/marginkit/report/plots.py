@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -47,6 +48,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _legend_below(fig: Figure, ax: Axes | None = None, handles: Sequence[Any] | None = None, ncols: int = 2) -> None:
+    """The legend at the foot of the figure, outside the data (issue 14: legends inside the axes covered
+    the curves). `handles` default to the labelled artists of `ax`."""
+    if handles is None:
+        handles = ax.get_legend_handles_labels()[0] if ax is not None else []
+    fig.legend(handles=list(handles), fontsize="small", loc="outside lower center", ncols=ncols, frameon=False)
+
+
 def read_metrics_jsonl(path: Path | str, keys: Sequence[str]) -> dict[str, dict[str, Series]]:
     """Read a metrics JSONL log into {key: {"train": (steps, values), "eval": (steps, values)}}.
 
@@ -80,19 +89,39 @@ def read_metrics_jsonl(path: Path | str, keys: Sequence[str]) -> dict[str, dict[
     return result
 
 
+# Per key, a metric drawn dotted beside it in each run's colour: the loss a run has at zero reward gap
+# (ln 2 for BT, mean softplus(m) with target margins m), so margin runs' higher losses read as what they
+# are, a different starting point, not a worse model (issue 14).
+REFERENCES: Mapping[str, str] = {"loss": "diagnostics/loss_at_zero_gap"}
+
+
 def plot_training_curves(
     metrics_jsonl_paths: Mapping[str, Path | str],
     out: Path | str,
     keys: Sequence[str] = ("loss", "rewards/accuracies", "rewards/margins"),
+    references: Mapping[str, str] = REFERENCES,
 ) -> Path:
-    """One subplot per metric key, one colour per run (label = dict key): train as a line, eval as markers."""
+    """One subplot per metric key, one colour per run (label = dict key): train as a line, eval as
+    markers, and `references[key]` (a train metric) dotted when the logs have it. The legend, under the
+    axes, names each run's colour and each line style once."""
+    from matplotlib.lines import Line2D
+
     if not metrics_jsonl_paths:
         raise ValueError("metrics_jsonl_paths is empty: give at least one {run name: path}")
     if not keys:
         raise ValueError("keys is empty: give at least one metric name")
-    runs = {name: read_metrics_jsonl(path, keys) for name, path in metrics_jsonl_paths.items()}
-    fig = Figure(figsize=(4.2 * len(keys), 3.6), layout="constrained")
+    wanted = list(dict.fromkeys([*keys, *(references[k] for k in keys if k in references)]))
+    runs = {name: read_metrics_jsonl(path, wanted) for name, path in metrics_jsonl_paths.items()}
+    # The legend: each run's colour, then each line style drawn. matplotlib fills it column by column, so
+    # two rows per column keep the runs together and the styles together (runs bt, fixed | label, oracle |
+    # train, eval | loss at Δ = 0).
+    n_styles = 1 + any(r[k]["eval"][0].size for r in runs.values() for k in keys) + any(
+        r[references[k]]["train"][0].size for r in runs.values() for k in keys if k in references)
+    ncols = min(4 * len(keys), -(-(len(runs) + n_styles) // 2))
+    legend_rows = -(-(len(runs) + n_styles) // ncols)
+    fig = Figure(figsize=(4.2 * len(keys), 3.6 + 0.25 * legend_rows), layout="constrained")
     axes: Sequence[Axes] = fig.subplots(1, len(keys), squeeze=False)[0]
+    styles: dict[str, Line2D] = {}  # the line styles drawn in any panel, for the one legend
     for ax, key in zip(axes, keys):
         drawn = False
         for i, (name, series) in enumerate(runs.items()):
@@ -100,18 +129,26 @@ def plot_training_curves(
             if steps.size:
                 ax.plot(steps, values, color=_color(i), lw=1.4, label=f"{name} train")
                 drawn = True
+                styles["train"] = Line2D([], [], color="black", lw=1.4, label="train")
             steps, values = series[key]["eval"]
             if steps.size:
                 ax.plot(steps, values, color=_color(i), ls="--", marker="o", ms=5, label=f"{name} eval")
                 drawn = True
+                styles["eval"] = Line2D([], [], color="black", ls="--", marker="o", ms=5, label="eval")
+            ref = references.get(key)
+            steps, values = series[ref]["train"] if ref else (np.empty(0), np.empty(0))
+            if steps.size:
+                ax.plot(steps, values, color=_color(i), lw=1.0, ls=":", label=f"{name} {key} at Δ = 0")
+                styles["ref"] = Line2D([], [], color="black", lw=1.0, ls=":", label=f"{key} at Δ = 0")
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(fontsize="small")
-        else:
+        if not drawn:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    if styles:
+        colours = [Line2D([], [], color=_color(i), lw=4, label=name) for i, name in enumerate(runs)]
+        _legend_below(fig, handles=colours + list(styles.values()), ncols=ncols)
     fig.suptitle("Training curves")
     return _save(fig, out)
 
@@ -139,12 +176,16 @@ def plot_margin_histograms(
     ax.set_xlabel("reward gap Δ")
     ax.set_ylabel("pairs")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax)
     return _save(fig, out)
 
 
+def _edge(x: float) -> str:
+    return "0" if abs(x) < 5e-3 else f"{x:.3g}"  # the lowest |gap| is ~1e-17, not worth 7 characters
+
+
 def _bucket_label(bucket: Bucket, last: bool) -> str:
-    return f"[{bucket.lo:.3g}, {bucket.hi:.3g}{']' if last else ')'}"
+    return f"[{_edge(bucket.lo)}, {_edge(bucket.hi)}{']' if last else ')'}"
 
 
 def plot_accuracy_by_bucket(
@@ -153,10 +194,12 @@ def plot_accuracy_by_bucket(
     title: str = "Pairwise accuracy by bucket",
     xlabel: str = "bucket of key (quantiles)",
 ) -> Path:
-    """Grouped bars: accuracy per bucket (x) per run (colour), n above each bar, chance at 0.5.
+    """Grouped bars: accuracy per bucket (x) per run (colour), chance at 0.5, the legend under the axes.
 
     Accepts `accuracy_by_bucket` results or lists of Buckets. When every run has the same edges
-    the ticks show the key ranges, otherwise bucket ordinals (runs may differ in bucket count).
+    the ticks show the key ranges, otherwise bucket ordinals (runs may differ in bucket count). The
+    pair count n goes under the tick when every run has the same n there (one test set), otherwise
+    above each bar.
     """
     if not buckets:
         raise ValueError("buckets is empty: give at least one {run name: buckets}")
@@ -165,26 +208,30 @@ def plot_accuracy_by_bucket(
     if n_slots == 0:
         raise ValueError("every run has zero buckets: nothing to plot")
     width = 0.8 / len(runs)
-    fig = Figure(figsize=(max(6.0, 1.4 * n_slots + 2.0), 4.2), layout="constrained")
+    same_n = len({tuple(b.n for b in bs) for bs in runs.values()}) == 1
+    fig = Figure(figsize=(max(5.0, 1.0 * n_slots + 1.6), 4.4), layout="constrained")  # a half-page grid cell
     ax = fig.subplots()
     for i, (name, bs) in enumerate(runs.items()):
         x = np.arange(len(bs)) + (i - (len(runs) - 1) / 2) * width
         bars = ax.bar(x, [b.accuracy for b in bs], width=width, color=_color(i), label=name)
-        ax.bar_label(bars, labels=[f"n={b.n}" for b in bs], fontsize="x-small", padding=2)
+        if not same_n:
+            ax.bar_label(bars, labels=[f"n={b.n}" for b in bs], fontsize="x-small", padding=2)
     edge_sets = {tuple((b.lo, b.hi) for b in bs) for bs in runs.values()}
     ticks = runs[next(iter(runs))]
     if len(edge_sets) == 1:
         labels = [_bucket_label(b, j == len(ticks) - 1) for j, b in enumerate(ticks)]
     else:
         labels = [f"bucket {j + 1}" for j in range(n_slots)]
+    if same_n:
+        labels = [f"{label}\nn={b.n}" for label, b in zip(labels, ticks)]
     ax.set_xticks(np.arange(n_slots), labels)
     ax.axhline(0.5, color="black", lw=1.0, ls=":", label="chance")
-    ax.set_ylim(0.0, 1.25)  # headroom above 1.0 for the n labels and the legend
+    ax.set_ylim(0.0, 1.08 if same_n else 1.15)  # headroom for the n labels above the bars
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("pairwise accuracy (ties ½)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", ncols=len(runs) + 1)
+    _legend_below(fig, ax, ncols=min(len(runs) + 1, 3))
     return _save(fig, out)
 
 
@@ -212,7 +259,7 @@ def plot_reliability(calibrations: Mapping[str, Calibration], out: Path | str) -
     ax.set_xlabel("predicted P(chosen wins) = σ(Δ), bin mean")
     ax.set_ylabel("observed fraction chosen wins")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left")
+    _legend_below(fig, ax, ncols=1)
     return _save(fig, out)
 
 
@@ -321,7 +368,7 @@ def plot_gap_histogram_counts(hists: Mapping[str, tuple[Sequence[float], Sequenc
     ax.set_xlabel("reward gap Δ")
     ax.set_ylabel("fraction of pairs per bin")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax)
     return _save(fig, out)
 
 
