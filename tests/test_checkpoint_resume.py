@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from _engine_helpers import load_weights, make_pairs, one_torch_thread, run_config, train, vocab_words
+from marginkit.configlib import ConfigError
 from marginkit.data.ledger import Ledger
 from marginkit.data.tokenize import TokenizeConfig, encode_pairs
 from marginkit.evaluate.scorer import score_encoded
@@ -122,8 +123,9 @@ def test_dropout_is_active_in_the_resume_model(dropout_model_dir):
 
 def test_resume_latest_without_checkpoint_raises(tiny_model_dir, word_tokenizer, tmp_path):
     cfg = run_config(tiny_model_dir, tmp_path, max_steps=1, resume_from="latest")
-    with pytest.raises(FileNotFoundError, match="checkpoints has no checkpoint"):
+    with pytest.raises(ConfigError, match="checkpoints holds no checkpoint"):
         train(cfg, make_pairs(vocab_words(word_tokenizer), 4))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 # ---- 7. atomic checkpoints ----

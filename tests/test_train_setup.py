@@ -38,7 +38,8 @@ class StubAccelerator:
 def start(monkeypatch, cfg, main: bool) -> tuple[Path, list[str]]:
     monkeypatch.setattr(train_setup, "make_accelerator", lambda train_cfg: StubAccelerator(main))
     said: list[str] = []
-    _, out, say = train_setup.start_run(cfg, said.append)
+    cfg.model.name_or_path = cfg.model.name_or_path or "unused-model"
+    _, out, say, _ = train_setup.start_run(cfg, said.append, train_pairs=[])
     say("hello")
     return out, said
 
@@ -62,17 +63,33 @@ def test_only_the_main_process_writes_config_yaml(monkeypatch, tmp_path, make_cf
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["output_dir"] == str(tmp_path / "run")
 
 
-def test_a_fresh_run_starts_a_new_metrics_file_once_and_a_resumed_run_keeps_it(monkeypatch, tmp_path):
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(monkeypatch, tmp_path):
+    from marginkit.configlib import ConfigError
+    from marginkit.train.identity import IDENTITY_FILE, run_identity
+
     cfg = run_config("unused-model", tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
-    start(monkeypatch, cfg, main=False)
-    assert (tmp_path / "metrics.jsonl").exists()  # only the main process removes it
+    with pytest.raises(ConfigError, match="already holds a run .*metrics.jsonl.*train.resume_from=latest.*"
+                                          "train.overwrite=true"):
+        start(monkeypatch, cfg, main=True)
+    assert not (tmp_path / "config.yaml").exists()  # refused before anything is written
     cfg.train.resume_from = "latest"
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        start(monkeypatch, cfg, main=True)
+    ckpt = tmp_path / "checkpoints" / "step-000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.pt").write_text("")
+    (ckpt / IDENTITY_FILE).write_text(json.dumps(run_identity(cfg, [])))
     start(monkeypatch, cfg, main=True)
     assert (tmp_path / "metrics.jsonl").exists()  # resumed: the history continues
-    cfg.train.resume_from = None
+    cfg.train.resume_from, cfg.train.overwrite = None, True
+    start(monkeypatch, cfg, main=False)
+    assert (tmp_path / "metrics.jsonl").exists() and ckpt.exists()  # only the main process clears
     start(monkeypatch, cfg, main=True)
-    assert not (tmp_path / "metrics.jsonl").exists()
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / IDENTITY_FILE).exists()
+    cfg.train.overwrite = False
+    start(monkeypatch, cfg, main=True)  # only the files every start writes: a start that failed can be rerun
 
 
 def test_only_the_main_process_writes_the_ledger(word_tokenizer, tmp_path):

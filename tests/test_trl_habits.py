@@ -46,7 +46,7 @@ def _one_thread():
 # ---- 1. max_steps overrides num_epochs ----
 
 
-def test_max_steps_beyond_the_epochs_keeps_training_in_new_epochs(tiny_model_dir, word_tokenizer, tmp_path):
+def test_max_steps_beyond_the_epochs_keeps_training_in_new_epochs(tiny_model_dir, word_tokenizer, tmp_path, capsys):
     # 8 pairs in micro-batches of 4, no accumulation: 2 steps per epoch. num_epochs=1 used to cap the run
     # at 2 steps; max_steps=5 now trains 5, passing over the data in epochs 0, 0, 1, 1, 2.
     cfg = TrainConfig(batch_size=4, num_epochs=1, max_steps=5)
@@ -59,6 +59,9 @@ def test_max_steps_beyond_the_epochs_keeps_training_in_new_epochs(tiny_model_dir
     rows = [r for r in result.history if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert [r["epoch"] for r in rows] == [0, 0, 1, 1, 2]
+    assert ("train.max_steps=5 overrides train.num_epochs=1 (as in TRL): 2 steps per epoch, so the 8 pairs are "
+            "passed over 2.5 times") in capsys.readouterr().out  # said at start
+    assert cfg.max_steps_note(8) and TrainConfig(batch_size=4, num_epochs=3, max_steps=4).max_steps_note(8) is None
 
 
 def test_resume_past_the_configured_epochs_equals_the_uninterrupted_run(tiny_model_dir, word_tokenizer, tmp_path):

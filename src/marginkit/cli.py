@@ -65,18 +65,35 @@ class Command:
 # ----------------------------------------------------------------------------- runners: config in, exit code out
 
 
+def _run_training(train: Callable[[Any], Any], cfg: Any, saved: str) -> int:
+    """Run a trainer. SIGINT/SIGTERM during training end in the trainer's one line (model and checkpoint
+    saved, how to resume) and exit 128 + the signal (130 for Ctrl-C); a Ctrl-C outside training, or a
+    second one, stops at once."""
+    from marginkit.train.engine import TrainingInterrupted
+
+    try:
+        result = train(cfg)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"interrupted: stopped at once; checkpoints written before (if any) are in "
+              f"{cfg.train.output_dir}/checkpoints (train.resume_from=latest)", file=sys.stderr)
+        return 130
+    print(f"{saved} {result.model_dir}")
+    return 0
+
+
 def _train_rm(cfg: Any, args: argparse.Namespace) -> int:
     from marginkit.train.rm import train_reward_model
 
-    print(f"saved reward model to {train_reward_model(cfg).model_dir}")
-    return 0
+    return _run_training(train_reward_model, cfg, "saved reward model to")
 
 
 def _train_dpo(cfg: Any, args: argparse.Namespace) -> int:
     from marginkit.train.dpo import train_dpo
 
-    print(f"saved policy to {train_dpo(cfg).model_dir}")
-    return 0
+    return _run_training(train_dpo, cfg, "saved policy to")
 
 
 def _precompute_ref(cfg: Any, args: argparse.Namespace) -> int:
@@ -89,8 +106,7 @@ def _precompute_ref(cfg: Any, args: argparse.Namespace) -> int:
 def _train_sft(cfg: Any, args: argparse.Namespace) -> int:
     from marginkit.train.sft import train_sft
 
-    print(f"saved SFT policy to {train_sft(cfg).model_dir}")
-    return 0
+    return _run_training(train_sft, cfg, "saved SFT policy to")
 
 
 def _eval_rm_run(cfg: Any, args: argparse.Namespace) -> int:

@@ -76,7 +76,7 @@ def _train_config(model_dir: Path, out: Path, size: DemoSize, seed: int, margin:
         "margin": margin,
         "train": {"output_dir": str(out), "seed": seed, "learning_rate": 3e-3, "batch_size": 32,
                   "num_epochs": size.epochs, "warmup_ratio": 0.05, "weight_decay": 0.01, "log_every": 10,
-                  "eval_every": 0, "progress_bar": False},
+                  "eval_every": 0, "progress_bar": False, "overwrite": True},  # the demo remakes its folders
     })
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from marginkit.atomic import write_text_atomic
+
 __all__ = ["Ledger"]
 
 _MAX_EXAMPLES = 20  # examples kept per reason, so a 1M-row problem does not fill memory
@@ -104,4 +106,4 @@ class Ledger:
         return "; ".join(parts) + "".join(f"\nNOTE {text}" for text in self.notes.values())  # one line each
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")  # atomic: a full disk leaves the old file

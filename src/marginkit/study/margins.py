@@ -167,7 +167,7 @@ def _train_one(world: Any, base: Path, out: Path, size: StudySize, cfg: StudyCon
         "train": {"output_dir": str(out), "seed": seed, "learning_rate": cfg.learning_rate,
                   "batch_size": cfg.batch_size, "num_epochs": size.epochs, "warmup_ratio": 0.05,
                   "weight_decay": 0.01, "log_every": 10, "eval_every": size.eval_every, "progress_bar": False,
-                  "save_every": 0},
+                  "save_every": 0, "overwrite": True},  # a study remakes its run folders
     })
     t0 = time.perf_counter()
     result = train_reward_model(run_cfg, world.train, world.val, console=lambda s: None)

@@ -208,7 +208,8 @@ def world_dpo(world: World, sft_dir: Path, out: Path, size: PipelineSize, seed: 
 def _with(defaults: dict[str, Any], model: str, output_dir: Path, seed: int, epochs: int) -> dict[str, Any]:
     settings = copy.deepcopy(defaults)
     settings["model"] = {"name_or_path": model}
-    settings["train"].update(output_dir=str(output_dir), seed=seed, num_epochs=epochs)
+    # overwrite: the pipeline remakes its run folders each time it runs
+    settings["train"].update(output_dir=str(output_dir), seed=seed, num_epochs=epochs, overwrite=True)
     return settings
 
 

@@ -2,7 +2,8 @@
 
 Layout of `<output_dir>/checkpoints/step-000040/`:
     model/               plain Hugging Face folder (from_pretrained works)
-    trainer_state.pt     optimizer, scheduler, RNG states, position in the data, strategy states
+    trainer_state.pt     optimizer, scheduler, RNG states, position in the data, strategy states, run identity
+    run_identity.json    the settings that change the result (train/identity.py), read before a resume
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, save_model: Any, trainer_state: dict[str, Any], keep: int = 2) -> Path:
-    """Write `directory` atomically. `save_model(path)` writes the HF model folder. Keeps the newest `keep`."""
+def save_checkpoint(directory: Path, save_model: Any, trainer_state: dict[str, Any], keep: int = 2,
+                    files: dict[str, str] | None = None) -> Path:
+    """Write `directory` atomically. `save_model(path)` writes the HF model folder; `files` maps a file name
+    to its text (the run identity, train/identity.py). Keeps the newest `keep`."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
@@ -43,6 +46,8 @@ def save_checkpoint(directory: Path, save_model: Any, trainer_state: dict[str, A
     tmp.mkdir(parents=True)
     save_model(tmp / "model")
     torch.save(trainer_state, tmp / "trainer_state.pt")
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)

@@ -128,7 +128,7 @@ def train_dpo(cfg: DPORunConfig, train_pairs: list[Pair] | None = None, eval_pai
               console: Callable[[str], None] = print) -> DPORunResult:
     """Train a policy as configured; pairs may be passed in memory instead of `cfg.data.train`/`eval`."""
     cfg.check()
-    acc, out, say = start_run(cfg, console)
+    acc, out, say, identity = start_run(cfg, console, train_pairs)
     policy, tokenizer = load_policy(cfg.model)
     attention = select_attention(policy, cfg.train.forward, cfg.train.attention)  # refuses unsupported layouts
     tokenizer.padding_side = cfg.data.padding_side
@@ -157,7 +157,7 @@ def train_dpo(cfg: DPORunConfig, train_pairs: list[Pair] | None = None, eval_pai
     probe = loss_fn.loss_at_zero_gap(torch.zeros(1), torch.zeros(1) if loss_fn.uses_offset else None)
     expected = "diagnostics/loss_at_zero_gap" if probe is not None else None
     engine = Engine(cfg.train, acc, policy, optimizer, scheduler, collate, stateful=stateful, save_model=save_model,
-                    ids=pair_ids(train_pairs), expected_initial_loss=expected)
+                    ids=pair_ids(train_pairs), expected_initial_loss=expected, identity=identity)
     if cfg.train.resume_from:
         engine.resume(cfg.train.resume_from)
     evaluate = partial(_evaluate, acc, policy, eval_set, eval_reference, loss_fn, cfg, pad) if eval_set else None
@@ -165,7 +165,7 @@ def train_dpo(cfg: DPORunConfig, train_pairs: list[Pair] | None = None, eval_pai
                       nll_weight=cfg.loss.nll_weight, chunk_size=cfg.model.chunk_size)
     engine.fit(step_fn, train_set, evaluate)
 
-    model_dir = finish_run(acc, out, save_model)
+    model_dir = finish_run(acc, out, save_model, engine)  # raises TrainingInterrupted after a signal
     final = next((row for row in reversed(engine.history) if "eval_loss" in row), None)
     return DPORunResult(out, model_dir, engine.history, ledger, final)
 

@@ -13,6 +13,8 @@ import contextlib
 import itertools
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from marginkit.atomic import write_text_atomic
 from marginkit.diagnostics.monitor import Alert, MarginMonitor, MonitorConfig, MonitorStopError
 from marginkit.models.packing import Attention, ForwardLayout
 from marginkit.train.checkpoint import (
@@ -33,9 +36,10 @@ from marginkit.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from marginkit.train.identity import IDENTITY_FILE
 
-__all__ = ["TrainConfig", "SFTTrainConfig", "DPOTrainConfig", "StepOutput", "NonFiniteLossError", "Engine",
-           "epoch_order"]
+__all__ = ["TrainConfig", "SFTTrainConfig", "DPOTrainConfig", "StepOutput", "NonFiniteLossError", "TrainingInterrupted",
+           "Engine", "epoch_order"]
 
 
 @dataclass
@@ -66,7 +70,15 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={"help": "Evaluate every k optimizer steps (0: only at the end)."})
     save_every: int = field(default=0, metadata={"help": "Checkpoint every k optimizer steps (0: only the final model)."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest removed)."})
-    resume_from: str | None = field(default=None, metadata={"help": "Checkpoint folder, or 'latest' in output_dir."})
+    resume_from: str | None = field(default=None, metadata={
+        "help": "Checkpoint folder, or 'latest' in output_dir. The checkpoint's run identity (the settings that "
+                "change the result, run_identity.json) must match this run's; see resume_allow_changes."})
+    resume_allow_changes: list[str] = field(default_factory=list, metadata={
+        "help": "Run-identity keys a resume may change on purpose (e.g. [train.max_steps, data.train]); each "
+                "change is printed. Any other difference refuses the resume."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Start afresh in an output_dir that holds a previous run: its checkpoints, model, metrics and "
+                "alerts are removed first. Without it (or resume_from), such a folder is refused."})
     report_to: list[str] = field(default_factory=list, metadata={
         "help": "Extra trackers via Accelerate (tensorboard, wandb, trackio); JSONL is always written."})
     progress_bar: bool = field(default=True, metadata={"help": "Show a progress bar on the main process."})
@@ -107,6 +119,15 @@ class TrainConfig:
         # max_steps > 0 overrides num_epochs, as transformers' TrainingArguments (TRL) does (issue 14).
         return self.max_steps if self.max_steps > 0 else self.steps_per_epoch(n_pairs) * self.num_epochs
 
+    def max_steps_note(self, n_pairs: int) -> str | None:
+        """A console line when max_steps runs past num_epochs (it overrides them, as in TRL), else None."""
+        per_epoch = self.steps_per_epoch(n_pairs)
+        if self.max_steps <= per_epoch * self.num_epochs:
+            return None
+        return (f"train.max_steps={self.max_steps} overrides train.num_epochs={self.num_epochs} (as in TRL): "
+                f"{per_epoch} steps per epoch, so the {n_pairs} pairs are passed over {self.max_steps / per_epoch:.3g} "
+                "times")
+
 
 @dataclass
 class SFTTrainConfig(TrainConfig):
@@ -140,6 +161,20 @@ class StepOutput:
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a loss or gradient is NaN/inf; names the step, the pairs and the term."""
+
+
+class TrainingInterrupted(Exception):
+    """Training was stopped by SIGINT or SIGTERM after the current optimizer step, with a resumable checkpoint
+    and the model folder saved. The message is one line that says how to resume; `exit_code` is 128 + the
+    signal's number (130 for SIGINT, 143 for SIGTERM), as a shell reports a process a signal ended."""
+
+    def __init__(self, signal_name: str, step: int, total: int, checkpoint: Path | None, model_dir: Path,
+                 exit_code: int):
+        self.exit_code, self.checkpoint, self.model_dir = exit_code, checkpoint, model_dir
+        resume = (f"checkpoint {checkpoint}; resume with the same command and train.resume_from=latest"
+                  if checkpoint is not None else "no checkpoint (this trainer saves none)")
+        super().__init__(f"interrupted by {signal_name} after optimizer step {step} of {total}: model saved to "
+                         f"{model_dir}, {resume}")
 
 
 def _shard(batch: dict[str, torch.Tensor], rank: int, procs: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -183,9 +218,10 @@ class Engine:
                  collate: Callable, stateful: dict[str, Any] | None = None,
                  save_model: Callable[[Path], None] | None = None, ids: Sequence[str] | None = None,
                  log_fn: Callable[[dict[str, Any]], None] | None = None,
-                 expected_initial_loss: float | str | None = None):
+                 expected_initial_loss: float | str | None = None, identity: dict[str, Any] | None = None):
         """`expected_initial_loss`: the step-1 loss the margin monitor checks (a number, or the name of a
-        metric the step logs that holds it, e.g. "diagnostics/loss_at_zero_gap"; None skips that check)."""
+        metric the step logs that holds it, e.g. "diagnostics/loss_at_zero_gap"; None skips that check).
+        `identity`: the run identity (train/identity.py) stored with every checkpoint."""
         self.cfg, self.acc = cfg, accelerator
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.collate, self.stateful = collate, stateful or {}
@@ -198,6 +234,10 @@ class Engine:
         self.stateful = {**self.stateful, "monitor": self.monitor}
         self.alerts_path = self.out / "alerts.jsonl"
         self.window_alerts = 0  # alerts since the last logged row
+        self.identity = identity
+        self.signal_received: int | None = None  # SIGINT/SIGTERM seen during fit, acted on after the step
+        self.interrupted: TrainingInterrupted | None = None  # set when fit stopped on a signal
+        self.last_checkpoint: Path | None = None
 
     # ---- data ----
     def _loader(self, data: Sequence[Any], epoch: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
@@ -326,10 +366,13 @@ class Engine:
                 "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(), "stateful": {k: v.state_dict() for k, v in self.stateful.items()},
+                "run_identity": self.identity,
             }
+            extra = {IDENTITY_FILE: json.dumps(self.identity, indent=2) + "\n"} if self.identity else {}
             path = save_checkpoint(self.out / "checkpoints" / f"step-{self.step:06d}",
-                                   lambda p: self.save_model(p), state, keep=self.cfg.save_total_limit)
+                                   lambda p: self.save_model(p), state, keep=self.cfg.save_total_limit, files=extra)
         self.acc.wait_for_everyone()
+        self.last_checkpoint = path
         return path
 
     def resume(self, where: str) -> None:
@@ -352,9 +395,65 @@ class Engine:
             obj.load_state_dict(state["stateful"][k])
         set_rng_state(state["rng"])
         self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
+        self._truncate_metrics()
         if self.step == 0 and self.batches_done == 0:
             return
         self.acc.print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batches_done})")
+
+    def _truncate_metrics(self) -> None:
+        """Drop the metrics rows written after the checkpoint's step (the steps the resumed run trains again),
+        so metrics.jsonl holds each step once. Main process only; written atomically."""
+        if not self.acc.is_main_process or not self.metrics_path.exists():
+            return
+        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= self.step]
+        if len(kept) < len(lines):
+            write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
+            self.acc.print(f"metrics.jsonl: {len(lines) - len(kept)} row(s) after step {self.step} removed "
+                           "(those steps are trained again)")
+
+    # ---- interruption (SIGINT, SIGTERM) ----
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """While fit runs, SIGINT and SIGTERM only set a flag: the loop finishes the optimizer step, saves and
+        stops. A second signal raises KeyboardInterrupt at once. The previous handlers come back afterwards.
+        Only the main thread can install handlers; elsewhere (a study's worker thread) nothing changes."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.signal_received is not None:
+                raise KeyboardInterrupt
+            self.signal_received = signum
+            if self.acc.is_main_process:
+                tqdm.write(f"{signal.Signals(signum).name}: finishing this optimizer step, then saving a checkpoint "
+                           "and the model (send it again to stop at once, saving nothing)")
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _stop_requested(self) -> bool:
+        """Whether any process received a signal (every process must take the same decision)."""
+        flag = self.signal_received is not None
+        if self.acc.num_processes > 1:
+            seen = torch.tensor(float(flag), device=self.acc.device)
+            flag = self.acc.reduce(seen, reduction="sum").item() > 0
+        return flag
+
+    def _interrupt(self, sums: dict[str, torch.Tensor], started: float, total: int) -> None:
+        """Log the steps of the open window, write a resumable checkpoint, and record why fit stopped (the
+        trainer saves the model folder, then raises `self.interrupted`)."""
+        if sums:
+            self._log(sums, started, {})
+        path = self.save() if self.save_model is not None else None
+        signum = self.signal_received or signal.SIGINT
+        self.interrupted = TrainingInterrupted(signal.Signals(signum).name, self.step, total, path,
+                                               self.out / "model", 128 + int(signum))
 
     # ---- the margin monitor ----
     def _start_monitor(self) -> None:
@@ -395,8 +494,18 @@ class Engine:
 
     # ---- the loop ----
     def fit(self, step_fn: StepFn, data: Sequence[Any], evaluate: Callable[[int], dict[str, float]] | None = None) -> None:
+        """Train until the configured steps or epochs are done. On SIGINT or SIGTERM the current optimizer step
+        is finished, a checkpoint written and `self.interrupted` set (no final evaluation); the caller saves
+        the model and raises it (train/setup.py finish_run)."""
+        with self._signals():
+            self._fit(step_fn, data, evaluate)
+
+    def _fit(self, step_fn: StepFn, data: Sequence[Any], evaluate: Callable[[int], dict[str, float]] | None) -> None:
         cfg = self.cfg
         total = cfg.total_steps(len(data))
+        if self.step == 0 and (note := cfg.max_steps_note(len(data))):
+            self.acc.print(note)
+        self.monitor.total_steps = total  # margin_gap scales its wait to the run (issue 14)
         self.out.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=total, initial=self.step, desc="train", disable=not (cfg.progress_bar and self.acc.is_main_process),
                    dynamic_ncols=True)
@@ -404,7 +513,7 @@ class Engine:
         self._start_monitor()
         started = time.perf_counter()
         self.model.train()
-        while self.step < total and (cfg.max_steps > 0 or self.epoch < cfg.num_epochs):
+        while self.step < total and self.interrupted is None and (cfg.max_steps > 0 or self.epoch < cfg.num_epochs):
             step_before = self.step
             for window in self._windows(self._loader(data, self.epoch, skip=self.batches_done)):
                 step_sums: dict[str, torch.Tensor] = {}
@@ -427,6 +536,9 @@ class Engine:
                     self.model.train()
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save()
+                if self.step < total and self._stop_requested():  # at the last step, the run just ends
+                    self._interrupt(sums, started, total)
+                    break
                 if self.step >= total:
                     break
             else:
@@ -436,5 +548,5 @@ class Engine:
                 self.epoch += 1
                 self.batches_done = 0
         bar.close()
-        if evaluate is not None:
+        if evaluate is not None and self.interrupted is None:
             self.write_row({"step": self.step, "epoch": self.epoch, **evaluate(self.step)})

@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from marginkit.atomic import write_file_atomic
 from marginkit.config import RMRunConfig
 from marginkit.configlib import to_dict
 from marginkit.data.collate import PairCollator, collate_pairs
@@ -56,7 +57,7 @@ class RMRunResult:
 def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, eval_pairs: list[Pair] | None = None,
                        console: Callable[[str], None] = print) -> RMRunResult:
     """Train an RM as configured; pairs may be passed in memory instead of `cfg.data.train`/`eval`."""
-    acc, out, say = start_run(cfg, console)
+    acc, out, say, identity = start_run(cfg, console, train_pairs)
     model, tokenizer = load_reward_model(cfg.model)
     attention = select_attention(model, cfg.train.forward, cfg.train.attention)  # refuses unsupported layouts
     if cfg.train.torch_compile:
@@ -81,13 +82,14 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
     # With a zero head every Δ is 0 at step 1, so the first loss must be mean softplus(m) (ln 2 for BT).
     expected_loss = "diagnostics/loss_at_zero_gap" if cfg.model.head_init == "zero" else None
     engine = Engine(cfg.train, acc, model, optimizer, scheduler, collate, stateful={"margin": strategy},
-                    save_model=save_model, ids=pair_ids(train_pairs), expected_initial_loss=expected_loss)
+                    save_model=save_model, ids=pair_ids(train_pairs), expected_initial_loss=expected_loss,
+                    identity=identity)
     if cfg.train.resume_from:
         engine.resume(cfg.train.resume_from)
     evaluate = partial(_evaluate, acc, model, eval_set, pad, cfg) if eval_set else None
     engine.fit(partial(_step, strategy=strategy, center=cfg.loss.center_rewards_coefficient), train_set, evaluate)
 
-    model_dir = finish_run(acc, out, save_model)
+    model_dir = finish_run(acc, out, save_model, engine)  # raises TrainingInterrupted after a signal
     margin_snapshot(acc.unwrap_model(model), train_set, strategy, PairCollator(pad, cfg.data.padding_side),
                     cfg.train.batch_size, engine.step, out, write=acc.is_main_process, progress=cfg.train.progress_bar)
     gaps = None
@@ -128,9 +130,14 @@ def margin_snapshot(model: Any, train_set: Sequence[EncodedPair], strategy: Marg
     if not write or not targets:
         return None
     target, gap_all, active = (torch.cat(x).numpy() for x in (targets, gaps, actives))
-    np.savez(out / "margins.npz", target=target, gap=gap_all, active=active)
+    write_file_atomic(out / "margins.npz", lambda tmp: _savez(tmp, target=target, gap=gap_all, active=active))
     return plot_target_vs_learned(target, gap_all, active, out / "target_vs_learned.png",
                                   title=f"Target margin m vs learned gap Δ ({len(target)} training pairs, final model)")
+
+
+def _savez(path: Path, **arrays: np.ndarray) -> None:
+    with path.open("wb") as f:  # a file object: np.savez would add ".npz" to the temporary name
+        np.savez(f, **arrays)
 
 
 def _step(model: Any, batch: dict[str, torch.Tensor], step: int, strategy: MarginStrategy, center: float):

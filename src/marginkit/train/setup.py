@@ -2,7 +2,9 @@
 
 One copy of each setup step, so the trainers cannot drift apart:
 - the accelerator, and the distributed set-ups the engine refuses (`make_accelerator`, `check_parallel`);
-- the run folder: seed, config.yaml written once by the main process, a fresh metrics.jsonl (`start_run`);
+- the run folder: refused when it holds another run (unless resumed or overwritten), a resume refused when
+  its checkpoint's run identity differs, seed, config.yaml and run_identity.json written once by the main
+  process (`check_run_folder`, `start_run`);
 - the pairs read, validated and tokenised, with their ledger written by the main process (`load_data`);
 - AdamW over the trainable parameters, its warm-up + decay schedule, trackers (`prepare_optimization`);
 - the margin strategy built, checked against the data and prepared once (`setup_margin`);
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,9 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from torch import nn
 from transformers import get_scheduler
 
+from marginkit.atomic import write_dir_atomic, write_text_atomic
 from marginkit.config import DataConfig
-from marginkit.configlib import to_dict
+from marginkit.configlib import ConfigError, to_dict
 from marginkit.data.collate import LayoutPairCollator, PairCollator
 from marginkit.data.ledger import Ledger
 from marginkit.data.load import load_pairs
@@ -35,10 +39,12 @@ from marginkit.diagnostics.mask_audit import MaskAuditError, audit_loss_mask, pr
 from marginkit.evaluate.scorer import score_rm_dir
 from marginkit.margins import MarginSetup, MarginStrategy, build_margin
 from marginkit.models.logprobs import sequence_logps
-from marginkit.train.engine import TrainConfig
+from marginkit.train.checkpoint import latest_checkpoint
+from marginkit.train.engine import Engine, TrainConfig
+from marginkit.train.identity import IDENTITY_FILE, check_resume_identity, run_identity
 from marginkit.train.launch import check_launch
 
-__all__ = ["make_accelerator", "check_parallel", "start_run", "load_encoded", "load_data", "make_optimizer",
+__all__ = ["make_accelerator", "check_parallel", "check_run_folder", "start_run", "load_encoded", "load_data", "make_optimizer",
            "prepare_optimization", "flat_config", "check_margin_inputs", "unused_margin_note", "setup_margin", "pair_collator",
            "audit_masks", "pair_ids", "policy_settings", "finish_run"]
 
@@ -102,24 +108,88 @@ def check_parallel(train_cfg: TrainConfig, acc: Any) -> None:
     plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = train_cfg.batch_size // acc.num_processes
 
 
-def start_run(cfg: Any, console: Callable[[str], None]) -> tuple[Accelerator, Path, Callable[[str], None]]:
-    """Accelerator, seed, and the run folder `cfg.train.output_dir`; returns (accelerator, folder, say), where
-    `say` prints on the main process only. The main process alone writes config.yaml and, for a fresh (not
-    resumed) run, removes an old metrics.jsonl: every process writing the same file races."""
+# Written by every start before training begins (a start that failed on its data can be rerun in place);
+# anything else in output_dir means a previous run is there.
+_SETUP_FILES = frozenset({"config.yaml", "ledger.json", "ledger_eval.json", IDENTITY_FILE})
+# What train.overwrite=true removes: everything a run writes that a later run could mistake for its own.
+_RUN_OUTPUTS = ("checkpoints", "model", "model.tmp", "model.old", "metrics.jsonl", "alerts.jsonl", "margins.npz",
+                "target_vs_learned.png", IDENTITY_FILE)
+
+
+def check_run_folder(train_cfg: TrainConfig) -> Path | None:
+    """Refuse, before anything is written, a start that would mix two runs: an output_dir that holds a
+    previous run, unless train.resume_from or train.overwrite says what to do with it, and a resume_from
+    that names no checkpoint. Returns the checkpoint to resume from (None for a fresh run)."""
+    out, where = Path(train_cfg.output_dir), train_cfg.resume_from
+    if where:
+        ckpt = latest_checkpoint(out) if where == "latest" else Path(where)
+        if ckpt is None:
+            raise ConfigError(f"train.resume_from=latest: {out / 'checkpoints'} holds no checkpoint (one is written "
+                              "every train.save_every steps and when training is interrupted); start without "
+                              "train.resume_from, or name a checkpoint folder")
+        if not (ckpt / "trainer_state.pt").is_file():
+            raise ConfigError(f"train.resume_from={where}: {ckpt} is not a checkpoint (no trainer_state.pt); name a "
+                              f"folder like {out / 'checkpoints' / 'step-000040'}, or use latest")
+        return ckpt
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.output_dir={out} is a file, not a folder; choose another train.output_dir")
+    found = sorted(p.name for p in out.iterdir() if p.name not in _SETUP_FILES) if out.is_dir() else []
+    if found and not train_cfg.overwrite:
+        shown = ", ".join(found[:4]) + (f", ... ({len(found)} entries)" if len(found) > 4 else "")
+        raise ConfigError(f"train.output_dir={out} already holds a run ({shown}): resume it with "
+                          "train.resume_from=latest, start afresh with train.overwrite=true (removes its checkpoints, "
+                          "model and metrics), or choose a new train.output_dir")
+    return None
+
+
+def _check_inputs(cfg: Any, train_pairs: Sequence[Pair] | None) -> None:
+    """The settings without which a run cannot start, checked before anything is written."""
+    if train_pairs is None and not cfg.data.train:
+        raise ConfigError("data.train is not set: name the training pairs (a JSONL/JSON/Parquet file or a saved "
+                          "HF dataset folder), e.g. data.train=pairs.jsonl")
+    if not cfg.model.name_or_path:
+        raise ConfigError("model.name_or_path is not set: name a hub model or a local model folder, "
+                          "e.g. model.name_or_path=HuggingFaceTB/SmolLM2-135M")
+
+
+def _clear_previous_run(out: Path, say: Callable[[str], None]) -> None:
+    removed = [name for name in _RUN_OUTPUTS if (out / name).exists()]
+    for name in removed:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if removed:
+        say(f"train.overwrite=true: removed the previous run's {', '.join(removed)} from {out}")
+
+
+def start_run(cfg: Any, console: Callable[[str], None], train_pairs: Sequence[Pair] | None = None,
+              ) -> tuple[Accelerator, Path, Callable[[str], None], dict[str, Any]]:
+    """Check the run folder and the inputs (`check_run_folder`; nothing is written when they are refused),
+    then the accelerator, seed, and the run folder `cfg.train.output_dir`; returns (accelerator, folder, say,
+    run identity), where `say` prints on the main process only. A resume is refused when the checkpoint's
+    run identity differs from this run's (train/identity.py). The main process alone clears a run being
+    overwritten and writes config.yaml and run_identity.json (atomically): every process writing the same
+    file races. `train_pairs`: the training pairs when given in memory (hashed into the identity)."""
+    _check_inputs(cfg, train_pairs)
+    ckpt = check_run_folder(cfg.train)
+    identity = run_identity(cfg, train_pairs)
+    changes = check_resume_identity(ckpt, identity, cfg.train.resume_allow_changes) if ckpt is not None else []
     acc = make_accelerator(cfg.train)
     say = console if acc.is_main_process else (lambda _: None)
+    for line in changes:
+        say(line)
     set_seed(cfg.train.seed)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        if cfg.train.resume_from is None and (out / "metrics.jsonl").exists():
-            (out / "metrics.jsonl").unlink()
-    return acc, out, say
+        if ckpt is None:
+            _clear_previous_run(out, say)
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text_atomic(out / IDENTITY_FILE, json.dumps(identity, indent=2) + "\n")
+    return acc, out, say, identity
 
 
-def _read(source: str, data: DataConfig, ledger: Ledger) -> list[Pair]:
-    pairs, _ = load_pairs(source, format=data.format, on_invalid=data.on_invalid, ledger=ledger)
+def _read(source: str, data: DataConfig, ledger: Ledger, split: str | None) -> list[Pair]:
+    pairs, _ = load_pairs(source, format=data.format, on_invalid=data.on_invalid, ledger=ledger, split=split)
     return pairs
 
 
@@ -132,14 +202,14 @@ def load_encoded(data: DataConfig, tokenizer: Any, train_pairs: list[Pair] | Non
     Raises ValueError, with the ledger's summary, when no training pair is left (unless `allow_empty`)."""
     ledger = Ledger()
     if train_pairs is None:
-        train_pairs = _read(data.train, data, ledger)
+        train_pairs = _read(data.train, data, ledger, data.split)
     else:
         ledger.read(len(train_pairs))
         ledger.keep(len(train_pairs))
     train_set = encode_pairs(train_pairs, tokenizer, data.tokenize, ledger, encoder)
     eval_ledger = eval_ledger if eval_ledger is not None else Ledger()
     if eval_pairs is None and data.eval:
-        eval_pairs = _read(data.eval, data, eval_ledger)
+        eval_pairs = _read(data.eval, data, eval_ledger, data.eval_split)
     eval_pairs = eval_pairs or []
     eval_set = encode_pairs(eval_pairs, tokenizer, data.tokenize, eval_ledger, encoder) if eval_pairs else []
     if not train_set and not allow_empty:
@@ -282,11 +352,16 @@ def policy_settings(stage: str, cfg: Any) -> dict[str, Any]:
             "logprob_chunk_size": cfg.model.logprob_chunk_size}
 
 
-def finish_run(acc: Accelerator, out: Path, save_model: Callable[[Path], None]) -> Path:
-    """Save the final model to `out/model` from the main process, wait for every process, end the trackers."""
+def finish_run(acc: Accelerator, out: Path, save_model: Callable[[Path], None], engine: Engine | None = None) -> Path:
+    """Save the final model to `out/model` from the main process, wait for every process, end the trackers.
+    The folder is written beside its final name and renamed into place (`write_dir_atomic`): a failed save
+    (a full disk) leaves the previous model folder, or none, never half of one. When `engine` stopped on a
+    signal, raise its TrainingInterrupted once the model is saved."""
     model_dir = out / "model"
     if acc.is_main_process:
-        save_model(model_dir)
+        write_dir_atomic(model_dir, save_model)
     acc.wait_for_everyone()
     acc.end_training()
+    if engine is not None and engine.interrupted is not None:
+        raise engine.interrupted
     return model_dir

@@ -88,7 +88,7 @@ def train_sft(cfg: SFTRunConfig, train_pairs: list[Pair] | None = None, eval_pai
     if cfg.train.forward != "padded":
         raise ValueError(f"train.forward={cfg.train.forward}: train-sft runs padded rows only (packing pairs "
                          "needs both responses); use train.forward=padded")
-    acc, out, say = start_run(cfg, console)
+    acc, out, say, identity = start_run(cfg, console, train_pairs)
     model, tokenizer = load_policy(cfg.model)
     select_attention(model, "padded", cfg.train.attention)
     if cfg.train.torch_compile:
@@ -106,11 +106,11 @@ def train_sft(cfg: SFTRunConfig, train_pairs: list[Pair] | None = None, eval_pai
         save_policy(acc.unwrap_model(model), tokenizer, path, policy_settings("sft", cfg))
 
     engine = Engine(cfg.train, acc, model, optimizer, scheduler, collate, save_model=save_model,
-                    ids=pair_ids(train_pairs))
+                    ids=pair_ids(train_pairs), identity=identity)
     if cfg.train.resume_from:
         engine.resume(cfg.train.resume_from)
     evaluate = partial(_evaluate, acc, model, eval_set, cfg, tokenizer.pad_token_id) if eval_set else None
     engine.fit(partial(sft_step, length_normalized=cfg.loss.length_normalized, chunk_size=cfg.model.chunk_size),
                train_set, evaluate)
-    model_dir = finish_run(acc, out, save_model)
+    model_dir = finish_run(acc, out, save_model, engine)  # raises TrainingInterrupted after a signal
     return SFTRunResult(out, model_dir, engine.history, ledger)

@@ -156,7 +156,8 @@ def finetune_one(ctx: RunContext, out: Path, seed: int, margin: dict[str, Any]) 
         "margin": margin,
         "train": {"output_dir": str(out), "seed": seed, "learning_rate": cfg.learning_rate,
                   "batch_size": cfg.batch_size, "num_epochs": cfg.epochs, "warmup_ratio": 0.1, "weight_decay": 0.01,
-                  "log_every": 10, "eval_every": cfg.eval_every, "progress_bar": False, "save_every": 0},
+                  "log_every": 10, "eval_every": cfg.eval_every, "progress_bar": False, "save_every": 0,
+                  "overwrite": True},  # a study remakes its run folders
     })
     t0 = time.perf_counter()
     result = train_reward_model(run_cfg, ctx.data.train, ctx.data.val, console=lambda s: None)
