@@ -231,6 +231,20 @@ def test_silent_on_a_real_tiny_rm_run(tiny_model_dir, word_tokenizer, tmp_path):
     assert not (tmp_path / "alerts.jsonl").exists() or (tmp_path / "alerts.jsonl").read_text() == ""
 
 
+def test_margin_gap_fires_in_a_short_engine_run(tiny_model_dir, word_tokenizer, tmp_path):
+    """The engine tells the monitor the planned steps (issue 14). A fixed margin of 100 that no gap reaches,
+    24 steps (24 pairs, batch 2, 2 epochs): warm-up int(0.25 x 24) = 6, patience max(10, int(0.4 x 24) = 9)
+    = 10, so steps 7..16 are the 10 counted steps -> the alert at step 16 (never, with the fixed 100 + 50)."""
+    from marginkit.margins.fixed import FixedMarginConfig
+
+    cfg = run_config(tiny_model_dir, tmp_path, head_init="zero", batch_size=2, num_epochs=2,
+                     margin=MarginSpec(name="fixed", fixed=FixedMarginConfig(value=100.0)))
+    cfg.train.monitor.first_step.enabled = False
+    train(cfg, make_pairs(vocab_words(word_tokenizer), 24))
+    alerts = [json.loads(r) for r in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert [(a["step"], a["check"]) for a in alerts if a["check"] == "margin_gap"] == [(16, "margin_gap")]
+
+
 # ---- first step ----
 
 def test_first_step_mismatch_fires():
@@ -484,6 +498,29 @@ def test_pure_reward_scale():
     assert finding.variant == "growth" and finding.values["scale@-window"] == 1.0 and finding.fields["ratio"] == 4.0
     assert reward_scale(window(rows[1:]), cfg) is None  # window not full
     assert reward_scale(window([{"rewards/chosen": s, "rewards/rejected": 0.0} for s in (1.0, 2.0, 3.9)]), cfg) is None
+
+
+def test_margin_gap_scales_with_a_short_run():
+    # Issue 14: a 126-step MiniLM run whose target margins stayed ~5x the learned gaps on 80% of pairs.
+    # m 2.0 over all pairs (active 1), gap 0.4, m > gap on 0.8: 2.0 > ratio 4 x 0.4 = 1.6 and 0.8 >= 0.75.
+    # Planned 126 steps: warm-up int(0.25 x 126) = 31, patience min(50, max(10, int(0.4 x 126) = 50)) = 50,
+    # so steps 32..81 are the 50 counted steps -> the alert at step 81.
+    stayed = {"target_margins/mean": 2.0, "target_margins/active_fraction": 1.0, "rewards/margins": 0.4,
+              "diagnostics/margin_exceeds_gap": 0.8}
+    assert MarginGapConfig().scaled(126) == (31, 50)
+    alerts = run(MarginMonitor(MonitorConfig(repeat_every=0), total_steps=126), [stayed] * 126)
+    assert [(a.step, a.check) for a in alerts] == [(81, "margin_gap")]
+    assert alerts[0].values == {"margin": 2.0, "rewards/margins": 0.4, "exceeds_fraction": 0.8, "steps": 50.0}
+    # Without the planned steps the fixed wait (100 + 50) outlasts the run: the old blind spot.
+    assert run(MarginMonitor(MonitorConfig(repeat_every=0)), [stayed] * 126) == []
+    # Healthy: m 1.0 while the gap grows 0 -> 0.8 over the run (0.8 s / 126 at step s) and m > gap falls from
+    # 1.0 to 0.6. m > 4 x gap only while gap < 0.25, i.e. up to step 39: steps 32..39 are 8 < 50 in a row.
+    healthy = [{"target_margins/mean": 1.0, "target_margins/active_fraction": 1.0,
+                "rewards/margins": 0.8 * s / 126, "diagnostics/margin_exceeds_gap": 1.0 - 0.4 * s / 126}
+               for s in range(1, 127)]
+    assert run(MarginMonitor(MonitorConfig(repeat_every=0), total_steps=126), healthy) == []
+    # Long runs keep the fixed wait (warm-up 100, patience 50); a tiny one waits at least min_patience = 10.
+    assert MarginGapConfig().scaled(400) == (100, 50) and MarginGapConfig().scaled(20) == (5, 10)
 
 
 def test_pure_margin_gap():

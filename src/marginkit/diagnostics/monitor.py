@@ -17,7 +17,8 @@ config, one per file in diagnostics/checks/ (docs/monitor.md):
                    while loss -> 0 and accuracy -> 1 (seed 001: 56.9, 240.7, 599.2 at steps 30, 70, 150)
     chosen_logps   log π(y_c|x) falling steadily while the gap grows (likelihood displacement)
     reward_scale   RMs: |rewards| growing without bound (BT is blind to a shared offset; a padding bug sign)
-    margin_gap     target margins far above the gaps the model produces (issue 4; "Secrets of RLHF II")
+    margin_gap     target margins far above the gaps the model produces (issue 4; "Secrets of RLHF II");
+                   its warm-up and patience scale with the run's planned steps when known (issue 14)
 
 All thresholds are heuristics with documented defaults (docs/monitor.md); every check can be switched
 off or made to stop the run. The monitor's state (the window, the first loss, the cooldowns) round-trips
@@ -72,8 +73,12 @@ class MonitorConfig:
         for key, value in windows.items():
             if value < 2:
                 raise ValueError(f"monitor.{key}={value}: must be >= 2")
-        if self.margin_gap.patience < 1:
-            raise ValueError(f"monitor.margin_gap.patience={self.margin_gap.patience}: must be >= 1")
+        if self.margin_gap.patience < 1 or self.margin_gap.min_patience < 1:
+            raise ValueError(f"monitor.margin_gap.patience={self.margin_gap.patience}, min_patience="
+                             f"{self.margin_gap.min_patience}: both must be >= 1")
+        for key in ("patience_fraction", "warmup_fraction"):
+            if not 0 <= getattr(self.margin_gap, key) <= 1:
+                raise ValueError(f"monitor.margin_gap.{key}={getattr(self.margin_gap, key)}: must be in [0, 1]")
         if not self.explosion.gap_metrics:
             raise ValueError("monitor.explosion.gap_metrics is empty: name at least one gap metric")
         if self.explosion.growth_factor <= 1 or self.reward_scale.growth_factor <= 1:
@@ -149,15 +154,19 @@ class MarginMonitor:
             DPO with policy = reference), the name of a metric the first step logs that holds it (an RM with
             a zero head: "diagnostics/loss_at_zero_gap", the mean softplus(m) of its margins), or None (the
             first-step check is skipped unless `cfg.first_step.expected` is set, which wins when set).
+        total_steps: the run's planned optimizer steps (None: unknown). margin_gap scales its warm-up and
+            patience to it, so a short run can alert too (issue 14: a 126-step run never could).
 
     `observe(step, metrics)` takes the step number (1 for the first optimiser step) and the step's reduced
     metrics (loss, grad_norm, rewards/*, logps/*, logratios/*, target_margins/*, diagnostics/*: any subset;
     a check whose inputs are missing is skipped) and returns the alerts of that step.
     """
 
-    def __init__(self, cfg: MonitorConfig | None = None, expected_initial_loss: float | str | None = None):
+    def __init__(self, cfg: MonitorConfig | None = None, expected_initial_loss: float | str | None = None,
+                 total_steps: int | None = None):
         self.cfg = cfg or MonitorConfig()
         self.expected_initial_loss = expected_initial_loss
+        self.total_steps = total_steps  # the run's planned optimizer steps; the engine sets it when it knows
         self.checks = CHECKS
         self.rows: deque[Row] = deque(maxlen=window_rows(self.cfg))
         self.first_loss: float | None = None  # step 1's loss, when this run observed step 1
@@ -173,7 +182,7 @@ class MarginMonitor:
 
     def window(self) -> Window:
         """The rows kept so far (the latest last) and the run's start, as the checks read them."""
-        return Window(tuple(self.rows), self.first_loss, self._expected())
+        return Window(tuple(self.rows), self.first_loss, self._expected(), self.total_steps)
 
     def observe(self, step: int, metrics: dict[str, float]) -> list[Alert]:
         if not self.cfg.enabled:

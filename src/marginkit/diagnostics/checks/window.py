@@ -39,11 +39,14 @@ class Window:
     first_loss: step 1's loss if this run observed step 1 (None after a resume past it).
     expected_initial_loss: the step-1 loss the setup implies: a number, the name of a metric the step logs
         that holds it (an RM with a zero head: "diagnostics/loss_at_zero_gap"), or None when unknown.
+    total_steps: the run's planned optimizer steps when the trainer said (None: unknown); a check that waits
+        a number of steps may scale that wait to the run (margin_gap does).
     """
 
     rows: Sequence[Row]
     first_loss: float | None = None
     expected_initial_loss: float | str | None = None
+    total_steps: int | None = None
 
     @property
     def now(self) -> Row:
