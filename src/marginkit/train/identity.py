@@ -75,7 +75,7 @@ def run_identity(cfg: Any, train_pairs: Sequence[Pair] | None = None) -> dict[st
         if section in full:
             value = full[section]
             settings.update(_flat(value, f"{section}.") if isinstance(value, dict) else {section: value})
-    data = {k: full["data"][k] for k in _DATA_KEYS}
+    data = {k: full["data"][k] for k in _DATA_KEYS if k in full["data"]}
     if train_pairs is not None:
         data["train"] = f"<{len(train_pairs)} pairs in memory>"
         data["train_sha256"] = _pairs_digest(train_pairs)

@@ -188,8 +188,8 @@ def start_run(cfg: Any, console: Callable[[str], None], train_pairs: Sequence[Pa
     return acc, out, say, identity
 
 
-def _read(source: str, data: DataConfig, ledger: Ledger, split: str | None) -> list[Pair]:
-    pairs, _ = load_pairs(source, format=data.format, on_invalid=data.on_invalid, ledger=ledger, split=split)
+def _read(source: str, data: DataConfig, ledger: Ledger) -> list[Pair]:
+    pairs, _ = load_pairs(source, format=data.format, on_invalid=data.on_invalid, ledger=ledger)
     return pairs
 
 
@@ -202,14 +202,14 @@ def load_encoded(data: DataConfig, tokenizer: Any, train_pairs: list[Pair] | Non
     Raises ValueError, with the ledger's summary, when no training pair is left (unless `allow_empty`)."""
     ledger = Ledger()
     if train_pairs is None:
-        train_pairs = _read(data.train, data, ledger, data.split)
+        train_pairs = _read(data.train, data, ledger)
     else:
         ledger.read(len(train_pairs))
         ledger.keep(len(train_pairs))
     train_set = encode_pairs(train_pairs, tokenizer, data.tokenize, ledger, encoder)
     eval_ledger = eval_ledger if eval_ledger is not None else Ledger()
     if eval_pairs is None and data.eval:
-        eval_pairs = _read(data.eval, data, eval_ledger, data.eval_split)
+        eval_pairs = _read(data.eval, data, eval_ledger)
     eval_pairs = eval_pairs or []
     eval_set = encode_pairs(eval_pairs, tokenizer, data.tokenize, eval_ledger, encoder) if eval_pairs else []
     if not train_set and not allow_empty:
