@@ -25,7 +25,12 @@ __all__ = ["DataConfig", "RMLossConfig", "RMRunConfig", "DPORunConfig", "SFTRunC
 @dataclass
 class DataConfig:
     train: str = field(default="", metadata={"help": "Training pairs: a JSONL/JSON/Parquet file or a saved HF dataset."})
+    split: str | None = field(default=None, metadata={
+        "help": "The split of data.train to read when it is a `datasets` DatasetDict (a save_to_disk folder with "
+                "several splits), or the list-valued key of a JSON object; TRL's dataset_train_split."})
     eval: str | None = field(default=None, metadata={"help": "Held-out pairs evaluated during and after training."})
+    eval_split: str | None = field(default=None, metadata={
+        "help": "The split of data.eval to read, as data.split for data.train; TRL's dataset_test_split."})
     format: str = field(default="auto", metadata={"help": "Input format (see docs/data.md); auto detects it."})
     on_invalid: Literal["error", "skip"] = field(
         default="error", metadata={"help": "Unusable pairs: error (strict, the default) or skip (counted in the ledger)."})

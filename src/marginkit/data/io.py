@@ -8,7 +8,8 @@ are several), `.parquet` (pyarrow), a Hugging Face `datasets` folder written by 
 and a list of files read one after the other.
 
 Problems with the source as a whole (missing file, unknown suffix, ambiguous JSON keys) raise
-`DataError` at once. Problems with one row (a malformed JSON line, a row that is not an object)
+`DataError` at once. Problems with one row (a malformed JSON line, a line that is not UTF-8, a row
+that is not an object)
 are returned on that `Row` by `iter_rows`, so a loader can count them and go on; `read_records`
 raises them instead.
 """
@@ -33,6 +34,8 @@ __all__ = ["Row", "Source", "iter_rows", "read_records", "source_name"]
 Source = str | os.PathLike | Sequence[Any] | Any
 
 _DATASETS_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+_SPLIT_HINT = ("pick one: data.split=<name> (data.eval_split for data.eval) in a run config, --split <name> for "
+               "data check, split=<name> in load_pairs")
 
 
 @dataclass(frozen=True)
@@ -62,17 +65,39 @@ def _open_text(path: Path) -> Any:
     return path.open(encoding="utf-8")
 
 
+def _open_bytes(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def _decode_line(raw: bytes, name: str, index: int) -> str | Row:
+    """The line as text, or a Row whose problem names the first byte that is not UTF-8 (one bad byte costs
+    its row only, so on_invalid="skip" can count it and go on)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = raw[err.start:err.end]
+        detail = f"byte 0x{bad.hex()} at line {index + 1}, byte {err.start + 1} of the line"
+        problem = Problem(None, "not valid UTF-8", raw[max(0, err.start - 30):err.end + 10], detail,
+                          hint="re-save the file as UTF-8")
+        return Row(name, index, None, problem.at(name, index))
+
+
 def _jsonl_rows(path: Path, name: str, split: str | None) -> Iterator[Row]:
     _no_split(name, split, "a JSONL file has no splits")
-    with _open_text(path) as lines:
-        for index, line in enumerate(lines):
+    # Read as bytes and decode each line, so a non-UTF-8 byte is that row's problem, not the whole file's.
+    with _open_bytes(path) as lines:
+        for index, raw in enumerate(lines):
+            line = _decode_line(raw, name, index)
+            if isinstance(line, Row):
+                yield line
+                continue
             if not line.strip():
                 continue  # blank lines are not rows; `index` stays the 0-based line index
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as err:
                 detail = f"line {index + 1} column {err.colno}: {err.msg}"
-                yield Row(name, index, None, Problem(None, "invalid JSON", line.rstrip("\n"), detail).at(name, index))
+                yield Row(name, index, None, Problem(None, "invalid JSON", line.rstrip("\r\n"), detail).at(name, index))
                 continue
             yield _row(name, index, value)
 
@@ -142,10 +167,10 @@ def _hf_rows(dataset: Any, name: str, split: str | None) -> Iterator[Row]:
     if isinstance(dataset, Mapping):  # DatasetDict is a dict of split name -> Dataset
         splits = sorted(dataset)
         if split is None and len(splits) != 1:
-            raise DataError(name, None, None, f"a DatasetDict with splits {splits}", "pass split=<name> to pick one")
+            raise DataError(name, None, None, f"a DatasetDict with splits {splits}, and no split chosen", _SPLIT_HINT)
         split = splits[0] if split is None else split
         if split not in dataset:
-            raise DataError(name, None, None, f"no split {split!r}", f"splits: {splits}")
+            raise DataError(name, None, None, f"no split {split!r} in this DatasetDict (splits: {splits})", _SPLIT_HINT)
         dataset, name = dataset[split], f"{name}[{split}]"
     else:
         _no_split(name, split, "the dataset has no splits")

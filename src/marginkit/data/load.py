@@ -67,8 +67,9 @@ def _base_id(source: str) -> str:
     return Path(source).name if not source.startswith("<") else source
 
 
-def _accept(out: Converted, row: Row, base_id: str, ledger: Ledger, report: Report) -> list[Pair]:
-    """Count one row's (or group's) candidate pairs, validate the pairs, keep the valid ones."""
+def _accept(out: Converted, row: Row, base_id: str, ledger: Ledger, report: Report, origins: list[Row]) -> list[Pair]:
+    """Count one row's (or group's) candidate pairs, validate the pairs, keep the valid ones (their row
+    appended to `origins`)."""
     units = len(out.pairs) + len(out.dropped)
     assert units > 0, "a converter returned no pairs without raising RowError"
     ledger.expanded += units - 1
@@ -85,11 +86,13 @@ def _accept(out: Converted, row: Row, base_id: str, ledger: Ledger, report: Repo
             continue
         ledger.keep()
         kept.append(pair)
+        origins.append(row)
     return kept
 
 
 def _finish_groups(
-    groups: dict[Hashable, list[tuple[Row, tuple[Graded, ...]]]], fmt: Format, options: Any, ledger: Ledger, report: Report
+    groups: dict[Hashable, list[tuple[Row, tuple[Graded, ...]]]], fmt: Format, options: Any, ledger: Ledger, report: Report,
+    origins: list[Row],
 ) -> list[Pair]:
     assert fmt.finish_group is not None, "a format returned a group but has no finish_group"
     pairs = []
@@ -102,18 +105,20 @@ def _finish_groups(
         except RowError as err:
             report([err.problem.at(first.source, first.index)])
             continue
-        pairs += _accept(out, first, f"{_base_id(first.source)}:group{g}", ledger, report)
+        pairs += _accept(out, first, f"{_base_id(first.source)}:group{g}", ledger, report, origins)
     return pairs
 
 
 def _scan(
     source: Source, format: str, split: str | None, format_options: Mapping[str, Any], ledger: Ledger, report: Report
-) -> tuple[str, list[Pair]]:
-    """(format name, valid pairs): every row read, converted, validated and counted; problems reported."""
+) -> tuple[str, list[Pair], list[Row]]:
+    """(format name, valid pairs, each pair's row): every row read, converted, validated and counted; problems
+    reported."""
     name, rows = _resolve_format(format, iter_rows(source, split=split), source_name(source))
     fmt = FORMATS[name]
     options = build_options(name, fmt.options, format_options)
     pairs: list[Pair] = []
+    origins: list[Row] = []
     groups: dict[Hashable, list[tuple[Row, tuple[Graded, ...]]]] = {}
     for row in rows:
         ledger.read()
@@ -129,10 +134,10 @@ def _scan(
         if out.group is not None:
             groups.setdefault(out.group, []).append((row, out.responses))
         else:
-            pairs += _accept(out, row, f"{_base_id(row.source)}:{row.index}", ledger, report)
+            pairs += _accept(out, row, f"{_base_id(row.source)}:{row.index}", ledger, report, origins)
     if groups:
-        pairs += _finish_groups(groups, fmt, options, ledger, report)
-    return name, pairs
+        pairs += _finish_groups(groups, fmt, options, ledger, report, origins)
+    return name, pairs, origins
 
 
 def load_pairs(
@@ -164,7 +169,7 @@ def load_pairs(
             raise problems[0].error(SKIP_HINT)
         ledger.drop(problems[0].reason, problems[0].where)
 
-    _, pairs = _scan(source, format, split, format_options, ledger, report)
+    _, pairs, _ = _scan(source, format, split, format_options, ledger, report)
     return pairs, ledger
 
 
@@ -216,6 +221,8 @@ class CheckConfig:
     file: str = field(default="", metadata={"help": "Pairs file (JSONL/JSON/Parquet/HF dataset folder).",
                                             "positional": True, "required": True})
     format: str = field(default="auto", metadata={"help": "Input format (see docs/data.md); auto detects it."})
+    split: str | None = field(default=None, metadata={
+        "help": "The split to check in a `datasets` DatasetDict folder, or the list-valued key of a JSON object."})
 
 
 def check_data(source: Source, format: str = "auto", *, split: str | None = None, **format_options: Any) -> CheckReport:
@@ -231,6 +238,35 @@ def check_data(source: Source, format: str = "auto", *, split: str | None = None
         problems.extend(unit_problems)
         ledger.drop(unit_problems[0].reason, unit_problems[0].where)
 
-    name, pairs = _scan(source, format, split, format_options, ledger, report)
+    name, pairs, origins = _scan(source, format, split, format_options, ledger, report)
+    partial = _partly_graded(pairs)
+    for k, unit_problems in sorted(partial.items()):
+        located = [p.at(origins[k].source, origins[k].index) for p in unit_problems]
+        ledger.kept -= 1  # counted as kept by the scan; now dropped under its reason, so the ledger still balances
+        report(located)
+    pairs = [p for k, p in enumerate(pairs) if k not in partial]
     graded = sum(1 for p in pairs if p.score_chosen is not None or p.margin is not None)
     return CheckReport(source_name(source), name, format == "auto", ledger, problems, len(pairs), graded)
+
+
+# (the field named in the problem, the fields that must all be present, what the data calls them). Not the
+# margin: a file may give margins for some pairs only (a TRL margin column is numeric throughout).
+_GRADES = (("score_chosen", ("score_chosen", "score_rejected"), "scores"),
+           ("gold_chosen", ("gold_chosen", "gold_rejected"), "gold rewards"))
+
+
+def _partly_graded(pairs: list[Pair]) -> dict[int, list[Problem]]:
+    """{pair index: problems} for pairs without scores (or gold rewards) in data where other pairs have
+    them. Parquet written by pandas stores a NaN score as null, which reads back as "no score", so only the
+    rest of the file shows that the value is missing; a margin strategy reading it would stop training there."""
+    found: dict[int, list[Problem]] = {}
+    for name, fields, what in _GRADES:
+        missing = [k for k, p in enumerate(pairs) if any(getattr(p, f) is None for f in fields)]
+        if not missing or len(missing) == len(pairs):
+            continue
+        problem = Problem(name, f"missing (null or NaN) while other pairs have {what}",
+                          detail=f"{len(pairs) - len(missing)} of {len(pairs)} valid pairs have them",
+                          hint="fill it in or drop the row; pandas writes NaN to Parquet as null")
+        for k in missing:
+            found.setdefault(k, []).append(problem)
+    return found

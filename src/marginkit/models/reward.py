@@ -20,6 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from marginkit.errors import loading_model
+
 __all__ = ["ModelConfig", "load_reward_model", "reward_head", "score_batch", "is_encoder", "reward_positions", "save_reward_model",
            "load_scorer_settings", "SCORER_FILE"]
 
@@ -66,12 +68,13 @@ def load_reward_model(cfg: ModelConfig, dtype: torch.dtype | None = None) -> tup
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, **kwargs)
-    # float32 master weights unless asked otherwise: transformers 5 reads dtype=None as "auto" and would
-    # train a bf16 checkpoint in bf16 (mixed precision autocasts the forward instead).
-    model = AutoModelForSequenceClassification.from_pretrained(
-        cfg.name_or_path, num_labels=1, dtype=dtype or torch.float32, **kwargs
-    )
+    with loading_model(cfg.name_or_path):  # a missing folder or a corrupt file: one line, not HF's traceback
+        tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, **kwargs)
+        # float32 master weights unless asked otherwise: transformers 5 reads dtype=None as "auto" and would
+        # train a bf16 checkpoint in bf16 (mixed precision autocasts the forward instead).
+        model = AutoModelForSequenceClassification.from_pretrained(
+            cfg.name_or_path, num_labels=1, dtype=dtype or torch.float32, **kwargs
+        )
     if tokenizer.pad_token_id is None or (
         tokenizer.pad_token_id == tokenizer.eos_token_id and not is_encoder(model)
     ):

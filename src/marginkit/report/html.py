@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from marginkit.errors import UserError
+
 __all__ = ["RunContents", "collect_runs", "render_html", "ReportConfig", "write_report"]
 
 _SKIP_DIRS = {"cache", ".git", "__pycache__", "checkpoints", "wandb", "tensorboard", "runs_tb"}
@@ -156,7 +158,9 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> RunContents:
     c = RunContents(run_dirs=dirs)
     for root in dirs:
         if not root.is_dir():
-            raise FileNotFoundError(f"report: {root} is not a folder (give run folders)")
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise UserError(f"report: {root} {what}; give run folders (a train-rm train.output_dir, or a demo or "
+                            "eval-rm --out folder)")
         for path in _walk(root):
             _collect_file(path, root, c)
     return c

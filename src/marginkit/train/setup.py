@@ -43,6 +43,7 @@ from marginkit.train.checkpoint import latest_checkpoint
 from marginkit.train.engine import Engine, TrainConfig
 from marginkit.train.identity import IDENTITY_FILE, check_resume_identity, run_identity
 from marginkit.train.launch import check_launch
+from marginkit.train.trackers import resolve_trackers
 
 __all__ = ["make_accelerator", "check_parallel", "check_run_folder", "start_run", "load_encoded", "load_data", "make_optimizer",
            "prepare_optimization", "flat_config", "check_margin_inputs", "unused_margin_note", "setup_margin", "pair_collator",
@@ -63,7 +64,7 @@ def make_accelerator(train_cfg: TrainConfig) -> Accelerator:
     # Accelerator(split_batches=True) but ignores it, giving each process whole batches.
     dl_config = DataLoaderConfiguration(split_batches=True)
     acc = Accelerator(dataloader_config=dl_config, mixed_precision=precision,
-                      log_with=train_cfg.report_to or None, project_dir=train_cfg.output_dir)
+                      log_with=resolve_trackers(train_cfg.report_to) or None, project_dir=train_cfg.output_dir)
     if train_cfg.batch_size % acc.num_processes:
         raise ValueError(f"train.batch_size={train_cfg.batch_size} must be divisible by the {acc.num_processes} "
                          "processes (it is the global micro-batch, split between them)")
@@ -188,8 +189,8 @@ def start_run(cfg: Any, console: Callable[[str], None], train_pairs: Sequence[Pa
     return acc, out, say, identity
 
 
-def _read(source: str, data: DataConfig, ledger: Ledger) -> list[Pair]:
-    pairs, _ = load_pairs(source, format=data.format, on_invalid=data.on_invalid, ledger=ledger)
+def _read(source: str, data: DataConfig, ledger: Ledger, split: str | None) -> list[Pair]:
+    pairs, _ = load_pairs(source, format=data.format, on_invalid=data.on_invalid, ledger=ledger, split=split)
     return pairs
 
 
@@ -202,14 +203,14 @@ def load_encoded(data: DataConfig, tokenizer: Any, train_pairs: list[Pair] | Non
     Raises ValueError, with the ledger's summary, when no training pair is left (unless `allow_empty`)."""
     ledger = Ledger()
     if train_pairs is None:
-        train_pairs = _read(data.train, data, ledger)
+        train_pairs = _read(data.train, data, ledger, data.split)
     else:
         ledger.read(len(train_pairs))
         ledger.keep(len(train_pairs))
     train_set = encode_pairs(train_pairs, tokenizer, data.tokenize, ledger, encoder)
     eval_ledger = eval_ledger if eval_ledger is not None else Ledger()
     if eval_pairs is None and data.eval:
-        eval_pairs = _read(data.eval, data, eval_ledger)
+        eval_pairs = _read(data.eval, data, eval_ledger, data.eval_split)
     eval_pairs = eval_pairs or []
     eval_set = encode_pairs(eval_pairs, tokenizer, data.tokenize, eval_ledger, encoder) if eval_pairs else []
     if not train_set and not allow_empty:
