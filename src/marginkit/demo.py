@@ -28,6 +28,7 @@ from marginkit.report.plots import (
     plot_reliability,
     plot_training_curves,
 )
+from marginkit.threads import THREADS_HELP, check_threads, torch_threads
 from marginkit.train.rm import train_reward_model
 
 __all__ = ["DemoSize", "DEMO_SIZES", "DEMO_MARGINS", "DemoConfig", "run_demo"]
@@ -40,6 +41,10 @@ class DemoConfig:
     quick: bool = field(default=False, metadata={"help": "Smaller world and model (under 30 s on 2 cores)."})
     out: str = field(default="runs/demo", metadata={"help": "Run folder."})
     seed: int = field(default=0, metadata={"help": "World, model init and training seed."})
+    threads: int = field(default=1, metadata={"help": THREADS_HELP + " The demo's tiny models run fastest on 1."})
+
+    def __post_init__(self) -> None:
+        check_threads(self.threads)
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> list[dict[str, Any]]:
-    """Run the demo; returns the table rows (also written to out/summary.json)."""
+def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0, threads: int = 1) -> list[dict[str, Any]]:
+    """Run the demo; returns the table rows (also written to out/summary.json). `threads`: torch's
+    intra-op threads during the run (marginkit.threads.choose_threads; restored after)."""
+    with torch_threads(threads):
+        return _run(Path(out), DEMO_SIZES["quick" if quick else "full"], seed)
+
+
+def _run(out: Path, size: DemoSize, seed: int) -> list[dict[str, Any]]:
     started = time.perf_counter()
-    size = DEMO_SIZES["quick" if quick else "full"]
-    out = Path(out)
+
+    def phase(text: str) -> None:  # one line per phase, so a slow (loaded) machine never looks hung
+        print(f"[{time.perf_counter() - started:6.1f} s] {text}", flush=True)
+
     out.mkdir(parents=True, exist_ok=True)
     world = make_world(WorldConfig(seed=seed, n_train=size.n_train, n_val=size.n_val, n_test=size.n_test))
     tokenizer = build_word_tokenizer(world.vocabulary())
@@ -112,17 +125,20 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     print(f"gold world: {len(world.train)} train / {len(world.val)} val / {len(world.test)} test pairs, "
           f"{len(tokenizer)} words; base model {base}")
     rows, reports = [], {}
-    for name, margin in DEMO_MARGINS.items():
+    for i, (name, margin) in enumerate(DEMO_MARGINS.items(), start=1):
+        phase(f"{i}/{len(DEMO_MARGINS)} {name}: training (margin {margin['name']}, {size.epochs} epochs)")
         t0 = time.perf_counter()
         cfg = _train_config(base, out / name, size, seed, margin)
         result = train_reward_model(cfg, world.train, world.val, console=lambda s, n=name: print(f"[{n}] {s}"))
         seconds = time.perf_counter() - t0
+        phase(f"{i}/{len(DEMO_MARGINS)} {name}: trained in {seconds:.1f} s; scoring {len(world.test)} test pairs")
         reports[name] = evaluate_rm_dir(result.model_dir, world.test, EvalConfig(swap_test=False, n_boot=500),
                                         progress=False)
         write_eval_report(reports[name], out / name, "eval_test")
         rows.append(_row(name, reports[name], seconds))
     table = format_table(rows)
     print("\ntest split, accuracy against the labels and against the true preference:\n" + table)
+    phase("plots and report.html")
     _plots(out, reports)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "summary.md").write_text("```\n" + table + "\n```\n")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -40,6 +39,7 @@ import numpy as np
 
 from marginkit.console import quiet_libraries
 from marginkit.evaluate.stats import format_interval, t_interval
+from marginkit.threads import THREADS_HELP, check_threads, choose_threads, torch_threads
 
 __all__ = ["StudyVariant", "STUDY_VARIANTS", "StudySize", "STUDY_SIZES", "StudyConfig", "run_study", "summarize",
            "format_markdown"]
@@ -130,6 +130,10 @@ class StudyConfig:
         "help": "BT RMs (differing by training seed) behind the confidence ensemble variant."})
     learning_rate: float = field(default=3e-3, metadata={"help": "RM learning rate of every variant."})
     batch_size: int = field(default=32, metadata={"help": "Pairs per optimizer step."})
+    threads: int = field(default=1, metadata={"help": THREADS_HELP + " The world's tiny models run fastest on 1."})
+
+    def __post_init__(self) -> None:
+        check_threads(self.threads)
 
     def chosen_variants(self) -> list[StudyVariant]:
         names = list(self.variants) if self.variants else list(STUDY_VARIANTS)
@@ -256,10 +260,12 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict[str,
     (out / "study_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=list) + "\n")
     started = time.perf_counter()
     if cfg.jobs <= 1:
-        for noise, seed, todo in units:
-            _append(results, run_unit(cfg, noise, seed, todo, log))
+        with torch_threads(cfg.threads, log):
+            for noise, seed, todo in units:
+                _append(results, run_unit(cfg, noise, seed, todo, log))
     else:
-        threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+        threads, why = choose_threads(cfg.threads, cfg.jobs)
+        log(f"torch threads: {threads} per process ({why})")
         with ProcessPoolExecutor(cfg.jobs) as pool:
             futures = {pool.submit(_unit_worker, cfg, n, s, t, threads): (n, s) for n, s, t in units}
             for fut in as_completed(futures):

@@ -43,6 +43,7 @@ from marginkit.models.logprobs import forward_logps
 from marginkit.models.policy import PolicyConfig, load_policy
 from marginkit.models.ref_cache import ModelReference
 from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
+from marginkit.threads import THREADS_HELP, check_threads, torch_threads
 from marginkit.train.dpo import DPORunResult, train_dpo
 from marginkit.train.sft import ChosenCollator, train_sft
 
@@ -89,10 +90,11 @@ class WorldPipelineConfig:
     seed: int = field(default=0, metadata={"help": "World, model init, training and sampling seed."})
     noise: float = field(default=0.5, metadata={"help": "The world's label noise (WorldConfig.noise)."})
     max_new_tokens: int = field(default=24, metadata={"help": "Response length cap when sampling."})
-    threads: int = field(default=1, metadata={
-        "help": "torch intra-op threads during the run (restored after; 0: leave as is). The tiny models gain "
-                "nothing from more: --quick took 47 s of CPU with 1 thread and 407 s with 2 contending threads "
-                "on the shared 2-core machine."})
+    threads: int = field(default=1, metadata={"help": THREADS_HELP + " The tiny models run fastest on 1."})
+
+    def __post_init__(self) -> None:
+        check_threads(self.threads)
+
     dpo_overrides: list[str] = field(default_factory=list, metadata={
         "help": "key=value overrides of the DPO stage's DPORunConfig, e.g. train.batch_size=1 loss.name=ipo.",
         "positional": True})
@@ -215,13 +217,8 @@ def _with(defaults: dict[str, Any], model: str, output_dir: Path, seed: int, epo
 
 def run_world_pipeline(cfg: WorldPipelineConfig, console: Callable[[str], None] = print) -> WorldPipelineResult:
     """Base policy -> SFT -> DPO on the gold world, each scored by the true reward of its samples."""
-    before = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads, console):
         return _run(cfg, console)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(cfg: WorldPipelineConfig, console: Callable[[str], None]) -> WorldPipelineResult:
@@ -298,9 +295,7 @@ def monitor_demo(out: str | Path = "runs/monitor_demo", seed: int = 0, n_pairs: 
     """SFT a tiny LM on the world once, then DPO it twice on the same `n_pairs` pairs: batch size 1
     at lr 1e-2 (the configuration behind seed 001's exploding margin) and batch 32 at lr 3e-4. The
     margin monitor watches both (action warn); returns each run's alerts (alerts.jsonl rows)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1, console):  # tiny models: 1 thread (marginkit.threads)
         out, sz = Path(out), PIPELINE_SIZES[size]
         world = make_world(WorldConfig(seed=seed, n_train=sz.n_train, n_val=200, n_test=50))
         sft_dir = world_sft(world, out, sz, seed, console)
@@ -319,8 +314,6 @@ def monitor_demo(out: str | Path = "runs/monitor_demo", seed: int = 0, n_pairs: 
             console(f"{name}: alerts: {checks}")
         (out / "monitor_demo.json").write_text(json.dumps(alerts, indent=2) + "\n")
         return alerts
-    finally:
-        torch.set_num_threads(before)
 
 
 __all__ += ["MONITOR_DEMO_RUNS", "MonitorDemoConfig", "monitor_demo"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from marginkit.study.margins import STUDY_VARIANTS, StudyVariant
+from marginkit.threads import THREADS_HELP, check_threads
 
 __all__ = ["RealStudyConfig", "TASKS", "REAL_SIZES", "QUICK_TRAIN_CAP", "sized_config", "default_data_dir"]
 
@@ -34,6 +35,7 @@ class RealStudyConfig:
                                 metadata={"help": "Built-in OOD sections evaluated (evaluate/sections.py)."})
     ensemble_size: int = field(default=3, metadata={"help": "BT runs behind conf-ens (the seed's own + k-1)."})
     jobs: int = field(default=1, metadata={"help": "Seeds trained in parallel processes (cores shared out)."})
+    threads: int = field(default=0, metadata={"help": THREADS_HELP + " MiniLM gains from a free second core."})
     head_hidden: int = field(default=256, metadata={"help": "frozen: width of the reward head's hidden layer."})
     head_lr: float = field(default=1e-3, metadata={"help": "frozen: the head's peak AdamW learning rate (each task's "
                                                   "default was chosen by --tune-head, TASKS)."})
@@ -55,6 +57,7 @@ class RealStudyConfig:
     n_boot: int = field(default=200, metadata={"help": "Bootstrap resamples of the offline Best-of-N intervals."})
 
     def __post_init__(self) -> None:
+        check_threads(self.threads)
         if self.task not in TASKS:
             raise ValueError(f"study task {self.task!r}; known: {sorted(TASKS)}")
         if self.backbone not in ("frozen", "finetune"):

@@ -24,6 +24,7 @@ from marginkit.study.real.head import accuracy, tune_head
 from marginkit.study.real.report import format_real_markdown, plot_summary
 from marginkit.study.real.runs import UNITS, RunContext
 from marginkit.study.real.summary import summarize_real
+from marginkit.threads import choose_threads, torch_threads
 
 __all__ = ["run_real_study", "task_configs", "run_tasks"]
 
@@ -31,7 +32,14 @@ __all__ = ["run_real_study", "task_configs", "run_tasks"]
 def run_real_study(cfg: RealStudyConfig, say: Callable[[str], None] = print, data: TaskData | None = None,
                    sections: list[Any] | None = None) -> dict[str, Any]:
     """Run (or resume) the study of one task; returns the summary (also out/summary.json, out/study.md, plots).
-    `data` and `sections` replace the task's files and the built-in sections (tests pass hand-made ones)."""
+    `data` and `sections` replace the task's files and the built-in sections (tests pass hand-made ones).
+    torch's threads are set from `cfg.threads` for the run (marginkit.threads) and restored after."""
+    with torch_threads(cfg.threads, say):
+        return _run_real_study(cfg, say, data, sections)
+
+
+def _run_real_study(cfg: RealStudyConfig, say: Callable[[str], None], data: TaskData | None,
+                    sections: list[Any] | None) -> dict[str, Any]:
     from marginkit.models.pretrained import minilm_dir
 
     out = Path(cfg.out)
@@ -88,7 +96,8 @@ def run_real_study(cfg: RealStudyConfig, say: Callable[[str], None] = print, dat
     else:  # seeds in parallel processes, each with its share of the cores; features are already on disk
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+        threads, why = choose_threads(cfg.threads, cfg.jobs)
+        say(f"{cfg.task}: torch threads in each of {min(cfg.jobs, len(units))} seed processes: {threads} ({why})")
         with ProcessPoolExecutor(min(cfg.jobs, len(units))) as pool:
             futures = [pool.submit(_seed_worker, cfg, data, sections, encoder, seed, names, threads)
                        for seed, names in units]
