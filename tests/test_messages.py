@@ -60,6 +60,18 @@ def test_missing_model_folder(files, tmp_path, capsys):
     assert "model folder runs/rm/model does not exist" in _one_line(capsys)
 
 
+# a, b for policies: train-sft / train-dpo load causal LMs through models/policy.py
+def test_missing_or_corrupt_policy_folder(files, tmp_path, capsys):
+    root, base = files
+    sft = ["train-sft", f"data.train={root / 'world' / 'train.jsonl'}", "train.progress_bar=false"]
+    assert main([*sft, f"train.output_dir={tmp_path / 'a'}", f"model.name_or_path={tmp_path / 'nope'}"]) == 2
+    assert _one_line(capsys).startswith(f"error: model folder {tmp_path / 'nope'} does not exist: give an existing")
+    bad = shutil.copytree(base, tmp_path / "model")
+    (bad / "model.safetensors").write_bytes((bad / "model.safetensors").read_bytes()[:1000])
+    assert main([*sft, f"train.output_dir={tmp_path / 'b'}", f"model.name_or_path={bad}"]) == 2
+    assert _one_line(capsys).startswith(f"error: {bad / 'model.safetensors'}: truncated or corrupt safetensors file (")
+
+
 # b. a truncated or corrupt safetensors file in a model folder
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_corrupt_safetensors(files, tmp_path, capsys, damage):

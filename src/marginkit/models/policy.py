@@ -22,6 +22,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from marginkit.errors import loading_model
+
 __all__ = ["PolicyConfig", "load_policy", "disable_dropout", "save_policy", "load_policy_settings", "POLICY_FILE"]
 
 POLICY_FILE = "marginkit_policy.json"
@@ -78,8 +80,9 @@ def load_policy(cfg: PolicyConfig, name_or_path: str | None = None) -> tuple[nn.
     if not path:
         raise ValueError("model.name_or_path is empty: give a hub name or a local folder of a causal LM")
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], **kwargs)
+    with loading_model(path):  # a missing folder or a corrupt file: one line, not HF's traceback
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], **kwargs)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise ValueError(f"{path}: the tokenizer has neither a pad nor an EOS token; give it one of them")
