@@ -30,6 +30,7 @@ from marginkit.data.ledger import Ledger
 from marginkit.data.load import load_pairs
 from marginkit.data.schema import Pair
 from marginkit.data.tokenize import TokenizeConfig, encode_pairs
+from marginkit.errors import UserError
 from marginkit.margins import MarginSpec
 from marginkit.margins.label import LabelMarginConfig
 from marginkit.train.engine import TrainConfig
@@ -147,7 +148,7 @@ def test_a_launcher_asking_for_more_processes_than_started_is_refused(monkeypatc
     train_setup.check_parallel(TrainConfig(), _accelerator(1))  # nothing asked: one process is fine
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match=r"WORLD_SIZE=2 asked for 2 processes but only 1 started.*torchrun"):
+    with pytest.raises(UserError, match=r"WORLD_SIZE=2 asked for 2 processes but only 1 started.*torchrun"):
         train_setup.check_parallel(TrainConfig(), _accelerator(1))
     train_setup.check_parallel(TrainConfig(), _accelerator(2))  # the two joined: fine
     monkeypatch.delenv("WORLD_SIZE")
@@ -156,7 +157,7 @@ def test_a_launcher_asking_for_more_processes_than_started_is_refused(monkeypatc
     argv = ["/venv/bin/python", "/venv/bin/accelerate", "launch", "--num_processes", "2", "--cpu", "-m",
             "marginkit.cli", "train-rm"]
     monkeypatch.setattr(launch, "parent_argv", lambda: argv)
-    with pytest.raises(ValueError, match=r"accelerate launch --num_processes 2 asked for 2 processes.*"
+    with pytest.raises(UserError, match=r"accelerate launch --num_processes 2 asked for 2 processes.*"
                                          r"ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2"):
         train_setup.check_parallel(TrainConfig(), _accelerator(1))
     assert launch.requested_processes({}, ["accelerate", "launch", "--num-processes=4", "x.py"]) == (

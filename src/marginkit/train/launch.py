@@ -16,6 +16,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from marginkit.errors import UserError
+
 __all__ = ["requested_processes", "parent_argv", "check_launch"]
 
 _ENV_COUNTS = ("WORLD_SIZE", "ACCELERATE_NUM_PROCESSES")  # set by torchrun / some launchers
@@ -60,13 +62,13 @@ def requested_processes(environ: Mapping[str, str], launcher_argv: Sequence[str]
 
 def check_launch(num_processes: int, environ: Mapping[str, str] | None = None,
                  launcher_argv: Sequence[str] | None = None) -> None:
-    """Raise ValueError when the launch asked for more processes than the Accelerator has joined."""
+    """Raise UserError (one line, exit 2 from the CLI) when the launch asked for more processes than joined."""
     environ = os.environ if environ is None else environ
     asked = requested_processes(environ, parent_argv() if launcher_argv is None else launcher_argv)
     if asked is None or asked[0] <= num_processes:
         return
     n, source = asked
-    raise ValueError(
+    raise UserError(
         f"{source} asked for {n} processes but only {num_processes} started (on CPU, `accelerate launch --cpu` "
         f"starts several only through MPI). For {n} CPU processes run `ACCELERATE_USE_CPU=true torchrun "
         f"--standalone --nproc_per_node {n} -m marginkit.cli ...` (gloo backend); on GPUs use `accelerate launch "
