@@ -44,9 +44,11 @@ def test_train_rm_then_eval_rm(world_files, capsys):
                  "--out", str(root / "eval")]) == 0
     printed = capsys.readouterr().out
     assert "accuracy (true preference)" in printed and "swap test: passed" in printed
-    report = json.loads((root / "eval" / "test.json").read_text())
+    report = json.loads((root / "eval" / "test.jsonl.json").read_text())  # named with the data file's extension
     assert report["n_pairs"] == 32 and report["swap"]["passed"]
-    assert (root / "eval" / "test_reliability.png").exists()
+    assert (root / "eval" / "test.jsonl_reliability.png").exists()
+    rewards = [json.loads(x) for x in (root / "eval" / "test.jsonl.rewards.jsonl").read_text().splitlines()]
+    assert len(rewards) == 32 and {"id", "chosen_reward", "rejected_reward", "gap"} <= set(rewards[0])
 
 
 def test_bad_override_is_a_clean_error(capsys):

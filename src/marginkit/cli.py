@@ -110,15 +110,21 @@ def _train_sft(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def _eval_rm_run(cfg: Any, args: argparse.Namespace) -> int:
-    from marginkit.data.load import load_pairs
-    from marginkit.evaluate.rm_eval import evaluate_rm_dir, format_report, write_report
+    from marginkit.data.load import SKIP_HINT, load_pairs
+    from marginkit.data.schema import DataError
+    from marginkit.evaluate.rm_eval import evaluate_rm_dir, format_report, report_name, write_report
 
-    pairs, ledger = load_pairs(cfg.data, format=cfg.format, on_invalid=cfg.on_invalid)
+    try:
+        pairs, ledger = load_pairs(cfg.data, format=cfg.format, on_invalid=cfg.on_invalid)
+    except DataError as e:  # the library's hint names the keyword; here the flag is what the user types
+        e.args = (str(e).replace(SKIP_HINT, "use --on-invalid skip to count and skip"),)
+        raise
     print(f"data: {ledger.summary()}")
     report = evaluate_rm_dir(cfg.model, pairs, cfg)
     print(format_report(report))
     out = Path(cfg.out) if cfg.out else Path(cfg.model) / "eval"
-    print(f"wrote {write_report(report, out, Path(cfg.data).stem.split('.')[0])}")
+    name = report_name(cfg.data)
+    print(f"wrote {write_report(report, out, name)} and per-pair rewards {out / (name + '.rewards.jsonl')}")
     return 0
 
 

@@ -27,6 +27,7 @@ class LengthBaseline:
     corr_length_reward: float | None
     corr_length_gap: float | None
     n: int
+    unit: str = "tokens"  # what the lengths count (eval-rm: characters of the untruncated response text)
 
     def to_dict(self) -> dict[str, Any]:
         return plain(self)
@@ -65,6 +66,7 @@ def length_baseline(
     len_rejected: ArrayLike,
     chosen_rewards: ArrayLike | None = None,
     rejected_rewards: ArrayLike | None = None,
+    unit: str = "tokens",
 ) -> LengthBaseline:
     """The "longer response wins" baseline and how strongly rewards track length. All inputs: [B].
 
@@ -74,7 +76,8 @@ def length_baseline(
         responses;
       corr_length_gap = Pearson(len_chosen - len_rejected, r_c - r_r) over B pairs.
     Without rewards both correlations are None; they are also None when an input is constant.
-    Lengths are in whatever unit the caller uses (tokens, characters).
+    Lengths are in whatever unit the caller uses, named by `unit` (eval-rm passes characters of the
+    untruncated responses: token counts after truncation tie every pair cut to the same length).
     """
     lc, lr = vector("len_chosen", len_chosen), vector("len_rejected", len_rejected)
     same_length(len_chosen=lc, len_rejected=lr)
@@ -82,7 +85,7 @@ def length_baseline(
     if (chosen_rewards is None) != (rejected_rewards is None):
         raise ValueError("pass both chosen_rewards and rejected_rewards, or neither")
     if chosen_rewards is None or rejected_rewards is None:
-        return LengthBaseline(accuracy, None, None, n=int(lc.size))
+        return LengthBaseline(accuracy, None, None, n=int(lc.size), unit=unit)
     rc, rr = vector("chosen_rewards", chosen_rewards), vector("rejected_rewards", rejected_rewards)
     same_length(len_chosen=lc, chosen_rewards=rc, rejected_rewards=rr)
     return LengthBaseline(
@@ -90,6 +93,7 @@ def length_baseline(
         corr_length_reward=pearson(np.concatenate([lc, lr]), np.concatenate([rc, rr])),
         corr_length_gap=pearson(lc - lr, rc - rr),
         n=int(lc.size),
+        unit=unit,
     )
 
 

@@ -22,7 +22,8 @@ from marginkit.evaluate import metrics as M
 from marginkit.evaluate.accuracy import gold_oriented_gap, pairwise_accuracy
 from marginkit.evaluate.scorer import score_encoded, swap_encoded
 
-__all__ = ["EvalConfig", "RMEvalReport", "reward_metrics", "evaluate_pairs", "evaluate_rm_dir", "format_report", "write_report"]
+__all__ = ["EvalConfig", "RMEvalReport", "reward_metrics", "evaluate_pairs", "evaluate_rm_dir", "format_report",
+           "report_name", "write_report", "write_rewards"]
 
 
 @dataclass
@@ -44,6 +45,9 @@ class EvalConfig:
     swap_test: bool = field(default=True, metadata={"help": "Rescore with chosen/rejected swapped."})
 
 
+_PER_PAIR = ("gaps", "chosen_rewards", "rejected_rewards", "pairs")  # written as JSONL, not in the summary
+
+
 @dataclass
 class RMEvalReport:
     n_pairs: int
@@ -60,11 +64,15 @@ class RMEvalReport:
     worst: list[dict[str, Any]]
     ledger: dict[str, Any]
     gaps: np.ndarray = field(repr=False)
+    by_section: dict[str, dict[str, Any]] | None = None  # rows with a "section" field: accuracy and n per section
+    chosen_rewards: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # [B] per scored pair
+    rejected_rewards: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # [B]
+    pairs: list[dict[str, Any]] = field(default_factory=list, repr=False)  # [B] id, index, section, label margin
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in self.__dict__.items():
-            if k == "gaps":
+            if k in _PER_PAIR:
                 continue
             out[k] = v.to_dict() if hasattr(v, "to_dict") else v
         return out
@@ -108,10 +116,14 @@ def evaluate_pairs(model: Any, tokenizer: Any, pairs: list[Pair], tokenize: Toke
     has_gold = bool(np.isfinite(gold_gap).all()) and len(kept) > 0
     swap = None
     if cfg.swap_test:
-        sc, sr = score_encoded(model, swap_encoded(encoded), pad, padding_side, cfg.batch_size)
+        sc, sr = score_encoded(model, swap_encoded(encoded), pad, padding_side, cfg.batch_size, progress=progress,
+                               desc="swap test")
         swap = M.swap_test(gap, sc - sr)
-    len_c = np.array([len(e.chosen_ids) - e.prompt_len for e in encoded], dtype=float)
-    len_r = np.array([len(e.rejected_ids) - e.prompt_len for e in encoded], dtype=float)
+    # Length of the untruncated response text in characters: token counts after truncation tie every pair
+    # cut to max_length (issue 14: 66.5% by tokens where "longer wins" by characters scores 71.6%).
+    len_c = np.array([len(p.chosen) for p in kept], dtype=float)
+    len_r = np.array([len(p.rejected) for p in kept], dtype=float)
+    sections = [_plain(p.metadata.get("section")) for p in kept]
     worst = [{"id": kept[i].id, "index": int(encoded[i].index), "reward_gap": float(gap[i]),
               "prompt": prompt_text(kept[i].prompt)[-200:], "chosen": kept[i].chosen[:200],
               "rejected": kept[i].rejected[:200]} for i in M.worst_pairs(gap, min(cfg.worst_k, len(gap)))]
@@ -127,12 +139,36 @@ def evaluate_pairs(model: Any, tokenizer: Any, pairs: list[Pair], tokenize: Toke
         gold_accuracy=M.accuracy_with_ci(oriented, n_boot=cfg.n_boot) if oriented.size else None,
         distribution=M.gap_distribution(gap),
         calibration=M.calibration(gap, true_pref) if true_pref is not None else M.calibration(gap),
-        length=M.length_baseline(len_c, len_r, c, r),
+        length=M.length_baseline(len_c, len_r, c, r, unit="characters"),
         swap=swap,
         worst=worst,
         ledger=ledger.to_dict(),
         gaps=gap,
+        by_section=_by_section(gap, sections, cfg.n_boot),
+        chosen_rewards=c,
+        rejected_rewards=r,
+        pairs=[{"id": p.id, "index": int(e.index), "section": sec, "label_margin": float(m)}
+               for p, e, sec, m in zip(kept, encoded, sections, label)],
     )
+
+
+def _plain(value: Any) -> str | int | float | bool | None:
+    """A section value as JSON writes it (numpy scalars and anything else become their string)."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def _by_section(gap: np.ndarray, sections: list[Any], n_boot: int) -> dict[str, dict[str, Any]] | None:
+    """Accuracy with its bootstrap interval, mean Δ and n per value of the rows' "section" field (None if no
+    row has one; rows without one go under "(none)")."""
+    if all(s is None for s in sections):
+        return None
+    names = np.array(["(none)" if s is None else str(s) for s in sections])
+    out = {}
+    for name in sorted(set(names)):
+        g = gap[names == name]  # [n in section]
+        out[name] = {"n": int(g.size), "accuracy": M.accuracy_with_ci(g, n_boot=n_boot).to_dict(),
+                     "mean_gap": float(g.mean())}
+    return out
 
 
 def evaluate_rm_dir(model_dir: str | Path, pairs: list[Pair], cfg: EvalConfig | None = None,
@@ -169,26 +205,55 @@ def format_report(rep: RMEvalReport) -> str:
                  + (" (symmetrised)" if rep.calibration.symmetrised else " (vs true preference)"))
     ln = rep.length
     corr = "n/a" if ln.corr_length_reward is None else f"{ln.corr_length_reward:.3f}"
-    lines.append(f"length baseline (longer wins): {ln.accuracy_longer_wins:.4f}; corr(length, reward) {corr}")
+    lines.append(f"length baseline (longer wins, length in {ln.unit} of the untruncated responses): "
+                 f"{ln.accuracy_longer_wins:.4f}; corr(length, reward) {corr}")
     if rep.swap is not None:
         lines.append(f"swap test: {'passed' if rep.swap.passed else 'FAILED'} (max |Δ + Δ_swapped| = "
                      f"{rep.swap.max_abs_sum:.2e})")
     lines.append("accuracy by bucket:")
     lines += _bucket_rows("|Δ|", rep.by_abs_gap) + _bucket_rows("|label|", rep.by_label)
     lines += _bucket_rows("|true gap|", rep.by_gold)
+    if rep.by_section:
+        lines.append("accuracy by section:")
+        lines += [f"  {name}: acc {v['accuracy']['value']:.3f} [{v['accuracy']['low']:.3f}, {v['accuracy']['high']:.3f}]"
+                  f", mean Δ {v['mean_gap']:+.3f} (n={v['n']})" for name, v in rep.by_section.items()]
     lines.append(f"worst {len(rep.worst)} pairs (most negative Δ):")
     lines += [f"  {w['reward_gap']:+.3f}  {w['id'] or '#' + str(w['index'])}: chosen {w['chosen'][:60]!r} | "
               f"rejected {w['rejected'][:60]!r}" for w in rep.worst]
     return "\n".join(lines)
 
 
+def report_name(data: str | Path) -> str:
+    """The output name for a data file: its whole file name, extension included, so X.jsonl and X.parquet in
+    one folder get separate reports (X.jsonl.json, X.parquet.json)."""
+    return Path(data).name
+
+
+def write_rewards(rep: RMEvalReport, path: str | Path) -> Path:
+    """One JSON line per scored pair: id (None when the data has none), index (row in the loaded pairs),
+    chosen and rejected rewards, gap = chosen - rejected, and section / label_margin when the pair has them."""
+    lines = []
+    for info, c, r in zip(rep.pairs, rep.chosen_rewards, rep.rejected_rewards):
+        row = {"id": info["id"], "index": info["index"], "chosen_reward": float(c), "rejected_reward": float(r),
+               "gap": float(c - r)}
+        if info["section"] is not None:
+            row["section"] = info["section"]
+        if np.isfinite(info["label_margin"]):
+            row["label_margin"] = info["label_margin"]
+        lines.append(json.dumps(row) + "\n")
+    Path(path).write_text("".join(lines))
+    return Path(path)
+
+
 def write_report(rep: RMEvalReport, out_dir: str | Path, name: str = "eval") -> Path:
-    """Write <name>.json, plus a histogram and a reliability plot, to out_dir."""
+    """Write <name>.json (the summary), <name>.rewards.jsonl (every pair's rewards, `write_rewards`), a
+    histogram and a reliability plot to out_dir."""
     from marginkit.report.plots import plot_margin_histograms, plot_reliability
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+    write_rewards(rep, out / f"{name}.rewards.jsonl")
     plot_margin_histograms({name: rep.gaps}, out / f"{name}_gap_hist.png")
     plot_reliability({name: rep.calibration}, out / f"{name}_reliability.png")
     return out / f"{name}.json"

@@ -27,14 +27,14 @@ __all__ = ["score_encoded", "score_rm_dir", "swap_encoded"]
 @torch.no_grad()
 def score_encoded(
     model: Any, encoded: Sequence[EncodedPair], pad_id: int, padding_side: str = "right", batch_size: int = 32,
-    device: torch.device | str | None = None, progress: bool = False,
+    device: torch.device | str | None = None, progress: bool = False, desc: str = "score",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rewards of chosen and rejected, each [B] float64, in the order of `encoded`. Eval mode, no grad."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     chosen, rejected = [], []
-    for start in tqdm(range(0, len(encoded), batch_size), desc="score", disable=not progress):
+    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=not progress):
         batch = collate_pairs(list(encoded[start:start + batch_size]), pad_id, padding_side)  # [2b, T]
         rewards, _ = score_batch(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
         c, r = rewards.double().cpu().chunk(2)  # [2b] -> [b], [b]

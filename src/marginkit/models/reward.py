@@ -123,11 +123,27 @@ SCORER_FILE = "marginkit_scorer.json"
 
 def save_reward_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, scorer: dict[str, Any] | None = None) -> None:
     """Save as a plain HF folder (safetensors + tokenizer), plus the scorer settings (template,
-    truncation, padding side) in marginkit_scorer.json so `eval-rm` scores exactly as training did."""
+    truncation, padding side) in marginkit_scorer.json so `eval-rm` scores exactly as training did.
+
+    With `scorer` (its "tokenize" settings and "rendering": plain, chat or mixed, see models/rm_folder.py),
+    the folder is self-describing: its tokenizer's plain pair call `tok(prompt_text, response_text)`
+    adds training's special tokens (checked by reloading it), the chat template is saved with it, and
+    README.md plus the scorer file's "scoring" entry give the exact plain-transformers recipe."""
+    from marginkit.models import rm_folder
+
     model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    if scorer is not None:
-        (Path(out_dir) / SCORER_FILE).write_text(json.dumps(scorer, indent=2) + "\n")
+    if scorer is None:
+        tokenizer.save_pretrained(out_dir)
+        return
+    tok_settings = scorer.get("tokenize", {})
+    encoder = is_encoder(model)
+    rendering = scorer.get("rendering") or ("chat" if tok_settings.get("template") == "chat" else "plain")
+    append_eos, max_length = tok_settings.get("append_eos", True), tok_settings.get("max_length", 1024)
+    rm_folder.scoring_tokenizer(tokenizer, encoder, append_eos, rendering).save_pretrained(out_dir)
+    plain_call = rm_folder.check_saved_tokenizer(out_dir, encoder, append_eos, rendering)
+    recipe = rm_folder.scoring_recipe(tokenizer, encoder, append_eos, rendering, max_length, plain_call)
+    (Path(out_dir) / SCORER_FILE).write_text(json.dumps({**scorer, "scoring": recipe}, indent=2) + "\n")
+    (Path(out_dir) / "README.md").write_text(rm_folder.model_card(recipe))
 
 
 def load_scorer_settings(model_dir: str | Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from marginkit.evaluate.scorer import score_encoded
 from marginkit.margins import MarginInputs, MarginStrategy, target_margins
 from marginkit.models.packing import compile_blocks, select_attention
 from marginkit.models.reward import is_encoder, load_reward_model, save_reward_model, score_batch
+from marginkit.models.rm_folder import rendering_of
 from marginkit.train.engine import Engine
 from marginkit.train.rm_step import rm_step
 from marginkit.train.setup import (
@@ -75,8 +76,10 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
         f"{acc.num_processes} process(es), precision {acc.mixed_precision}, forward {cfg.train.forward} "
         f"(attention {attention}{', compiled blocks' if cfg.train.torch_compile else ''})")
 
+    rendering = rendering_of(train_pairs, tokenizer, cfg.data.tokenize.template)  # the saved tokenizer's layout
+
     def save_model(path: Path) -> None:
-        scorer = {"tokenize": to_dict(cfg.data.tokenize), "padding_side": cfg.data.padding_side}
+        scorer = {"tokenize": to_dict(cfg.data.tokenize), "padding_side": cfg.data.padding_side, "rendering": rendering}
         save_reward_model(acc.unwrap_model(model), tokenizer, path, scorer)
 
     # With a zero head every Δ is 0 at step 1, so the first loss must be mean softplus(m) (ln 2 for BT).

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from marginkit.data.formats._base import Converted, as_messages, as_prompt, get_field, has_field, leftovers
+from marginkit.data.formats.native import record_id
 from marginkit.data.schema import Message, Pair
 from marginkit.data.validate import RowError
 
@@ -153,5 +154,8 @@ def convert(record: Mapping[str, Any], options: TrlOptions) -> Converted:
     # TRL's RewardTrainer reads an optional "margin" column: it becomes the pair's margin (what
     # margin.label.source=margin reads, validated as a number), not metadata (issue 14).
     margin = record.get("margin")
-    return Converted(pairs=(Pair(prompt, chosen, rejected, margin=margin,
-                                 metadata=leftovers(record, (*fields, "margin"))),))
+    # An "id" column is the pair's id (an integer as its string, as in the native format): eval-rm's per-pair
+    # rewards and every error message name it.
+    pair_id = record_id(record.get("id"))
+    return Converted(pairs=(Pair(prompt, chosen, rejected, margin=margin, id=pair_id,
+                                 metadata=leftovers(record, (*fields, "margin", "id"))),))
