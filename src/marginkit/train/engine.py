@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from marginkit.train.checkpoint import (
     set_rng_state,
 )
 from marginkit.train.identity import IDENTITY_FILE
+from marginkit.train.interrupt import StopSignals, TrainingInterrupted
 
 __all__ = ["TrainConfig", "SFTTrainConfig", "DPOTrainConfig", "StepOutput", "NonFiniteLossError", "TrainingInterrupted",
            "Engine", "epoch_order"]
@@ -163,20 +163,6 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a loss or gradient is NaN/inf; names the step, the pairs and the term."""
 
 
-class TrainingInterrupted(Exception):
-    """Training was stopped by SIGINT or SIGTERM after the current optimizer step, with a resumable checkpoint
-    and the model folder saved. The message is one line that says how to resume; `exit_code` is 128 + the
-    signal's number (130 for SIGINT, 143 for SIGTERM), as a shell reports a process a signal ended."""
-
-    def __init__(self, signal_name: str, step: int, total: int, checkpoint: Path | None, model_dir: Path,
-                 exit_code: int):
-        self.exit_code, self.checkpoint, self.model_dir = exit_code, checkpoint, model_dir
-        resume = (f"checkpoint {checkpoint}; resume with the same command and train.resume_from=latest"
-                  if checkpoint is not None else "no checkpoint (this trainer saves none)")
-        super().__init__(f"interrupted by {signal_name} after optimizer step {step} of {total}: model saved to "
-                         f"{model_dir}, {resume}")
-
-
 def _shard(batch: dict[str, torch.Tensor], rank: int, procs: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Rank `rank`'s contiguous slice of a collated batch ([2B, ...] pair rows and [B] per-pair fields)."""
     n = len(batch["index"])
@@ -235,7 +221,7 @@ class Engine:
         self.alerts_path = self.out / "alerts.jsonl"
         self.window_alerts = 0  # alerts since the last logged row
         self.identity = identity
-        self.signal_received: int | None = None  # SIGINT/SIGTERM seen during fit, acted on after the step
+        self.signals = StopSignals(announce=accelerator.is_main_process)  # seen during fit, acted on after a step
         self.interrupted: TrainingInterrupted | None = None  # set when fit stopped on a signal
         self.last_checkpoint: Path | None = None
 
@@ -412,34 +398,10 @@ class Engine:
             self.acc.print(f"metrics.jsonl: {len(lines) - len(kept)} row(s) after step {self.step} removed "
                            "(those steps are trained again)")
 
-    # ---- interruption (SIGINT, SIGTERM) ----
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        """While fit runs, SIGINT and SIGTERM only set a flag: the loop finishes the optimizer step, saves and
-        stops. A second signal raises KeyboardInterrupt at once. The previous handlers come back afterwards.
-        Only the main thread can install handlers; elsewhere (a study's worker thread) nothing changes."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.signal_received is not None:
-                raise KeyboardInterrupt
-            self.signal_received = signum
-            if self.acc.is_main_process:
-                tqdm.write(f"{signal.Signals(signum).name}: finishing this optimizer step, then saving a checkpoint "
-                           "and the model (send it again to stop at once, saving nothing)")
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
+    # ---- interruption (SIGINT, SIGTERM; train/interrupt.py) ----
     def _stop_requested(self) -> bool:
         """Whether any process received a signal (every process must take the same decision)."""
-        flag = self.signal_received is not None
+        flag = self.signals.received is not None
         if self.acc.num_processes > 1:
             seen = torch.tensor(float(flag), device=self.acc.device)
             flag = self.acc.reduce(seen, reduction="sum").item() > 0
@@ -451,9 +413,8 @@ class Engine:
         if sums:
             self._log(sums, started, {})
         path = self.save() if self.save_model is not None else None
-        signum = self.signal_received or signal.SIGINT
-        self.interrupted = TrainingInterrupted(signal.Signals(signum).name, self.step, total, path,
-                                               self.out / "model", 128 + int(signum))
+        self.interrupted = TrainingInterrupted(self.signals.received or signal.SIGINT, self.step, total, path,
+                                               self.out / "model")
 
     # ---- the margin monitor ----
     def _start_monitor(self) -> None:
@@ -497,7 +458,7 @@ class Engine:
         """Train until the configured steps or epochs are done. On SIGINT or SIGTERM the current optimizer step
         is finished, a checkpoint written and `self.interrupted` set (no final evaluation); the caller saves
         the model and raises it (train/setup.py finish_run)."""
-        with self._signals():
+        with self.signals:
             self._fit(step_fn, data, evaluate)
 
     def _fit(self, step_fn: StepFn, data: Sequence[Any], evaluate: Callable[[int], dict[str, float]] | None) -> None:
