@@ -20,7 +20,7 @@ import transformers
 
 from marginkit.cli import main
 from marginkit.data.world import WorldConfig, make_world
-from marginkit.errors import UserError
+from marginkit.errors import UserError, explain_os_error
 from marginkit.models.reward import ModelConfig, load_reward_model
 from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
 
@@ -98,6 +98,13 @@ def test_output_folder_under_a_file(files, tmp_path, capsys):
     assert _train(root, f"train.output_dir={tmp_path / 'somefile' / 'x'}") == 2
     assert _one_line(capsys) == (f"error: cannot create the folder {tmp_path / 'somefile' / 'x'}: {tmp_path / 'somefile'} "
                                  "is a file, not a folder; choose another output folder")
+
+
+def test_permission_and_other_os_errors(tmp_path):
+    denied = explain_os_error(PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro" / "x")))
+    assert str(denied) == (f"cannot access {tmp_path / 'ro' / 'x'}: Permission denied; use a path you have "
+                           "permission for (for outputs, a folder you can write to)")
+    assert explain_os_error(OSError(errno.EIO, "Input/output error", "x")) is None  # not ours: the traceback stays
 
 
 # d. a full disk at a checkpoint or at the final save

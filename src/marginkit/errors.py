@@ -95,7 +95,8 @@ def explain_os_error(err: OSError, output_dir: str | Path | None = None) -> User
             return UserError(f"cannot create the folder {where}: {blocker} is a file, not a folder; choose another "
                              "output folder")
         if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return UserError(f"cannot write {where}: {err.strerror}; choose a folder you can write to")
+            return UserError(f"cannot access {where}: {err.strerror}; use a path you have permission for (for "
+                             "outputs, a folder you can write to)")
     return None
 
 
