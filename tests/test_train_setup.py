@@ -82,11 +82,14 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(monkeyp
     (ckpt / IDENTITY_FILE).write_text(json.dumps(run_identity(cfg, [])))
     start(monkeypatch, cfg, main=True)
     assert (tmp_path / "metrics.jsonl").exists()  # resumed: the history continues
+    (tmp_path / "marginkit").mkdir()  # the TensorBoard tracker's folder: the old curves must go too
+    (tmp_path / "marginkit" / "events.out.tfevents.1").write_text("")
     cfg.train.resume_from, cfg.train.overwrite = None, True
     start(monkeypatch, cfg, main=False)
     assert (tmp_path / "metrics.jsonl").exists() and ckpt.exists()  # only the main process clears
     start(monkeypatch, cfg, main=True)
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "marginkit").exists()
     assert (tmp_path / "config.yaml").exists() and (tmp_path / IDENTITY_FILE).exists()
     cfg.train.overwrite = False
     start(monkeypatch, cfg, main=True)  # only the files every start writes: a start that failed can be rerun

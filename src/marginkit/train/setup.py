@@ -113,8 +113,10 @@ def check_parallel(train_cfg: TrainConfig, acc: Any) -> None:
 # anything else in output_dir means a previous run is there.
 _SETUP_FILES = frozenset({"config.yaml", "ledger.json", "ledger_eval.json", IDENTITY_FILE})
 # What train.overwrite=true removes: everything a run writes that a later run could mistake for its own.
+# "marginkit": the TensorBoard tracker's folder (Accelerate logs to project_dir / the project name), which
+# would otherwise show the old run's curves beside the new one's.
 _RUN_OUTPUTS = ("checkpoints", "model", "model.tmp", "model.old", "metrics.jsonl", "alerts.jsonl", "margins.npz",
-                "target_vs_learned.png", IDENTITY_FILE)
+                "target_vs_learned.png", "marginkit", IDENTITY_FILE)
 
 
 def check_run_folder(train_cfg: TrainConfig) -> Path | None:
