@@ -94,7 +94,8 @@ def test_page_has_every_section_and_embedded_pngs(run_dir, tmp_path):
     assert "Across 2 runs: demo/bon, demo/bon_seed1" in page and "95% t-interval over 2 runs" in page
     # Summary table and the last logged training values.
     assert "<td>fixed</td><td class=\"num\">0.63</td>" in page
-    assert "demo/bt" in page and "demo/fixed" in page and "eval_rewards/accuracies" in page
+    # (headers may wrap after "_" and "/": <wbr>)
+    assert "demo/bt" in page and "demo/fixed" in page and "<th>eval_<wbr>rewards/<wbr>accuracies</th>" in page
 
 
 def test_collect_finds_each_kind(run_dir):

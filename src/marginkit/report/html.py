@@ -185,7 +185,7 @@ figure{margin:10px 0}figure img{max-width:100%;border:1px solid #e3e6ea}figcapti
 pre{background:#f3f4f6;padding:10px;overflow-x:auto;font-size:12px}
 .note{color:#57606a;font-size:13px}.empty{color:#8a939d;font-style:italic}
 .sev-stop{background:#fde2e1}.sev-warn{background:#fff4d6}.problem{color:#a40e26}
-th{white-space:normal;overflow-wrap:anywhere;max-width:9em;vertical-align:bottom}
+th{white-space:normal;max-width:12em;vertical-align:bottom}
 th[title]{cursor:help;text-decoration:underline dotted}summary{cursor:pointer;margin:6px 0}
 dl.gloss{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;font-size:13px;margin:4px 0 8px}
 dl.gloss dt{font-family:ui-monospace,monospace;font-size:12px}dl.gloss dd{margin:0;color:#3d444d}
@@ -211,7 +211,9 @@ def _fmt(x: Any) -> str:
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], tips: dict[str, str] | None = None) -> str:
     """A table; `tips` gives a header's tooltip (title) by its name."""
     tips = tips or {}
-    th = "".join(f"<th title=\"{_e(tips[h])}\">{_e(h)}</th>" if h in tips else f"<th>{_e(h)}</th>" for h in head)
+    # Long metric names may wrap after "/" or "_" (<wbr>), so wide tables fit a laptop screen.
+    names = {h: _e(h).replace("/", "/<wbr>").replace("_", "_<wbr>") for h in head}
+    th = "".join(f"<th title=\"{_e(tips[h])}\">{names[h]}</th>" if h in tips else f"<th>{names[h]}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td class=\"num\">{_fmt(v)}</td>" if isinstance(v, (int, float))
                                     and not isinstance(v, bool) else f"<td>{_fmt(v)}</td>" for v in r) + "</tr>"
                    for r in rows)
