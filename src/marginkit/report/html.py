@@ -308,7 +308,7 @@ def _section_histograms(c: RunContents, plot: _Plotter) -> str:
             for n, d in ((n, c.evals[n]["distribution"]) for n in hists)]
     short = _short(list(hists))
     return (plot(plot_gap_histogram_counts, "Held-out reward gap Δ = r_chosen − r_rejected per eval report",
-                 {short[n]: h for n, h in hists.items()})
+                 {short[n]: h for n, h in hists.items()}, title="Reward gap Δ per eval report")
             + _table(["eval report", "pairs", "mean", "std", "skewness", "5%", "median", "95%"], rows))
 
 
