@@ -26,9 +26,10 @@ PKG = "marginkit"
 # of its longest matching key, so "evaluate.bon_run" overrides "evaluate". A package key also places that
 # package's `__init__`, which must then import only what its layer may.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    # Foundations: the package root (its version), the config parser, console switches, atomic writes, torch's
-    # thread count (threads.py: torch is imported inside its functions); stdlib only at import.
-    ("foundations", ("marginkit", "configlib", "console", "atomic", "threads")),
+    # Foundations: the package root (its version), the config parser, console switches, atomic writes, the
+    # one-line errors of paths and the environment (errors.py), torch's thread count (threads.py: torch is
+    # imported inside its functions); stdlib only at import.
+    ("foundations", ("marginkit", "configlib", "console", "atomic", "errors", "threads")),
     # Data: schema, validation, format converters, tokenising and collating, the ledger, the gold world.
     ("data", ("data",)),
     # Components, each usable alone: models (reward models, policy log-probs, packing, the reference

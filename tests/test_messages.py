@@ -98,6 +98,15 @@ def test_output_folder_under_a_file(files, tmp_path, capsys):
     assert _train(root, f"train.output_dir={tmp_path / 'somefile' / 'x'}") == 2
     assert _one_line(capsys) == (f"error: cannot create the folder {tmp_path / 'somefile' / 'x'}: {tmp_path / 'somefile'} "
                                  "is a file, not a folder; choose another output folder")
+    assert not list(tmp_path.iterdir())[1:]  # refused before anything was written
+    # eval-rm refuses at start too, not after scoring every pair
+    assert main(["eval-rm", "--model", str(tmp_path / "never_loaded"), "--data", str(root / "world" / "test.jsonl"),
+                 "--out", str(tmp_path / "somefile" / "eval")]) == 2
+    assert "somefile is a file, not a folder" in _one_line(capsys)
+    # a write that fails later (world make's --out is not a config field, so no check at start) gets one line too
+    assert main(["world", "make", "--out", str(tmp_path / "somefile" / "world"), "n_train=8", "n_val=4",
+                 "n_test=4"]) == 2
+    assert _one_line(capsys).startswith(f"error: cannot create the folder {tmp_path / 'somefile' / 'world'}")
 
 
 def test_permission_and_other_os_errors(tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ def _sections_run(cfg: Any, args: argparse.Namespace) -> int:
 def _data_check_run(cfg: Any, args: argparse.Namespace) -> int:
     from marginkit.data.load import check_data
 
-    report = check_data(cfg.file, format=cfg.format)
+    report = check_data(cfg.file, format=cfg.format, split=cfg.split)
     print(report.format())
     return 0 if report.ok else 1
 
@@ -423,22 +424,58 @@ def make_config(command: Command, args: argparse.Namespace) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a known problem ends in one line on stderr and a non-zero exit, not a traceback:
+    2 for config, data, path and environment errors, 3 when the margin monitor stopped the run, 1 when the
+    reader of stdout went away (`marginkit config | head`)."""
     command, args = parse(list(sys.argv[1:] if argv is None else argv))
     quiet_libraries()
     from marginkit.configlib import ConfigError
     from marginkit.data.schema import DataError
     from marginkit.diagnostics.monitor import MonitorStopError
     from marginkit.diagnostics.preflight import PreflightError
+    from marginkit.errors import UserError, explain_os_error
     from marginkit.models.ref_cache import RefCacheError
 
+    cfg = None
     try:
-        return command.run(make_config(command, args), args)
-    except (ConfigError, DataError, PreflightError, RefCacheError) as e:
+        cfg = make_config(command, args)
+        _check_output_parent(cfg)
+        return command.run(cfg, args)
+    except (ConfigError, DataError, PreflightError, RefCacheError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except MonitorStopError as e:  # the monitor stopped training on purpose: its message says why and what to do
         print(f"stopped by the margin monitor: {e}", file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        # The reader closed the pipe (`| head`). Point stdout at devnull so the interpreter's final flush
+        # cannot raise again (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        explained = explain_os_error(e, _output_dir(cfg))
+        if explained is None:
+            raise
+        print(f"error: {explained}", file=sys.stderr)
+        return 2
+
+
+def _output_dir(cfg: Any) -> str | None:
+    """The folder a command writes: train.output_dir for the train commands, `out` for the others."""
+    train = getattr(cfg, "train", None)
+    return getattr(train, "output_dir", None) or getattr(cfg, "out", None)
+
+
+def _check_output_parent(cfg: Any) -> None:
+    """Before any work: an output path under a regular file can never be written (eval-rm would find out only
+    after scoring every pair)."""
+    from marginkit.errors import UserError, blocking_file
+
+    out = _output_dir(cfg)
+    blocker = blocking_file(Path(out).parent) if out else None
+    if blocker is not None:
+        raise UserError(f"cannot create the folder {out}: {blocker} is a file, not a folder; choose another output "
+                        "folder")
 
 
 if __name__ == "__main__":
