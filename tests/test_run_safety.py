@@ -260,3 +260,22 @@ def test_sigint_to_train_rm_leaves_a_resumable_checkpoint_and_a_loadable_model(t
     assert rows == sorted(set(rows)) and rows[-1] == steps  # each step at most once
     for name, tensor in load_weights(tmp_path / "full" / "model").items():
         torch.testing.assert_close(load_weights(tmp_path / "cut" / "model")[name], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_of_two_processes_stops_both_after_the_same_step(tiny_model_dir, tmp_path):
+    """Under torchrun (gloo, CPU), SIGTERM reaches rank 1 only: both ranks stop after step 2 (the flag is
+    all-reduced every step), one checkpoint at step 2 is written, and both raise TrainingInterrupted."""
+    script = Path(__file__).parent / "scripts" / "ddp_interrupt.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tiny_model_dir), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    ranks = [json.loads((tmp_path / f"rank-{i}.json").read_text()) for i in range(2)]
+    assert [r["num_processes"] for r in ranks] == [2, 2]
+    assert [r["exit_code"] for r in ranks] == [143, 143]
+    assert all("after optimizer step 2 of 8" in r["message"] for r in ranks), ranks
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
+    assert (tmp_path / "model" / "config.json").exists()

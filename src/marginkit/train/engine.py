@@ -400,12 +400,15 @@ class Engine:
 
     # ---- interruption (SIGINT, SIGTERM; train/interrupt.py) ----
     def _stop_requested(self) -> bool:
-        """Whether any process received a signal (every process must take the same decision)."""
-        flag = self.signals.received is not None
+        """Whether any process received a signal: every process takes the same decision (a scheduler may
+        signal one process first), and those that saw none adopt the signal another one saw."""
+        signum = self.signals.received or 0
         if self.acc.num_processes > 1:
-            seen = torch.tensor(float(flag), device=self.acc.device)
-            flag = self.acc.reduce(seen, reduction="sum").item() > 0
-        return flag
+            seen = torch.tensor([float(signum)], device=self.acc.device)
+            signum = int(self.acc.gather(seen).max().item())  # [P] -> the highest signal number seen
+            if signum and self.signals.received is None:
+                self.signals.received = signum
+        return signum > 0
 
     def _interrupt(self, sums: dict[str, torch.Tensor], started: float, total: int) -> None:
         """Log the steps of the open window, write a resumable checkpoint, and record why fit stopped (the
