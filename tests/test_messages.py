@@ -179,7 +179,7 @@ def test_non_utf8_byte_in_jsonl(files, tmp_path, capsys):
     assert _train(root, f"train.output_dir={tmp_path / 'strict'}", f"data.train={data}") == 2
     line = _one_line(capsys)
     assert line.startswith(f"error: {data} row 5: not valid UTF-8 (byte 0xff at line 6, byte ")
-    assert line.endswith('(re-save the file as UTF-8; use on_invalid="skip" to count and skip)')
+    assert line.endswith("(re-save the file as UTF-8; set data.on_invalid=skip to count and skip)")
     assert _train(root, f"train.output_dir={tmp_path / 'skip'}", f"data.train={data}", "data.on_invalid=skip") == 0
     ledger = json.loads((tmp_path / "skip" / "ledger.json").read_text())
     assert (ledger["rows_read"], ledger["kept"], ledger["dropped"]) == (32, 31, {"not valid UTF-8": 1})

@@ -442,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_output_parent(cfg)
         return command.run(cfg, args)
     except (ConfigError, DataError, PreflightError, RefCacheError, UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_config_spelling(e, cfg)}", file=sys.stderr)
         return 2
     except MonitorStopError as e:  # the monitor stopped training on purpose: its message says why and what to do
         print(f"stopped by the margin monitor: {e}", file=sys.stderr)
@@ -464,6 +464,17 @@ def _output_dir(cfg: Any) -> str | None:
     """The folder a command writes: train.output_dir for the train commands, `out` for the others."""
     train = getattr(cfg, "train", None)
     return getattr(train, "output_dir", None) or getattr(cfg, "out", None)
+
+
+def _config_spelling(err: Exception, cfg: Any) -> str:
+    """The message, with the library's `on_invalid="skip"` hint in the run config's spelling for the train
+    commands (`data.on_invalid=skip`)."""
+    from marginkit.data.load import SKIP_HINT
+    from marginkit.data.schema import DataError
+
+    if isinstance(err, DataError) and hasattr(getattr(cfg, "data", None), "on_invalid"):
+        return str(err).replace(SKIP_HINT, "set data.on_invalid=skip to count and skip")
+    return str(err)
 
 
 def _check_output_parent(cfg: Any) -> None:
