@@ -61,7 +61,7 @@ def test_resume_refuses_changed_settings_naming_each_key(tiny_model_dir, word_to
     assert (tmp_path / "config.yaml").read_text() == before  # refused before anything was written
 
 
-def test_resume_allows_a_listed_change_and_says_so(tiny_model_dir, word_tokenizer, tmp_path):
+def test_resume_allows_a_listed_change_and_says_so(tiny_model_dir, word_tokenizer, tmp_path, capsys):
     pairs = pairs_for(word_tokenizer)
     train(run_config(tiny_model_dir, tmp_path, max_steps=4, save_every=2), pairs)
     said: list[str] = []
@@ -76,6 +76,10 @@ def test_resume_allows_a_listed_change_and_says_so(tiny_model_dir, word_tokenize
     state = load_trainer_state(latest_checkpoint(tmp_path))
     assert state["run_identity"]["settings"]["train.max_steps"] == 6  # the checkpoint records the new identity
     assert json.loads((tmp_path / IDENTITY_FILE).read_text()) == state["run_identity"]
+    fewer = run_config(tiny_model_dir, tmp_path, max_steps=2, resume_from="latest",
+                       resume_allow_changes=["train.max_steps"])
+    train_reward_model(fewer, pairs, console=said.append)
+    assert "step 6 reaches the 2 planned optimizer steps: nothing left to train" in capsys.readouterr().out
 
 
 def test_identity_holds_the_data_content_and_not_the_bookkeeping(tmp_path):

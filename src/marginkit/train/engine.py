@@ -475,6 +475,8 @@ class Engine:
                    dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
         self._start_monitor()
+        if self.step >= total:  # resumed past the planned steps (train.max_steps lowered on purpose)
+            self.acc.print(f"step {self.step} reaches the {total} planned optimizer steps: nothing left to train")
         started = time.perf_counter()
         self.model.train()
         while self.step < total and self.interrupted is None and (cfg.max_steps > 0 or self.epoch < cfg.num_epochs):
