@@ -283,3 +283,31 @@ def test_a_signal_to_one_of_two_processes_stops_both_after_the_same_step(tiny_mo
     assert all("after optimizer step 2 of 8" in r["message"] for r in ranks), ranks
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
     assert (tmp_path / "model" / "config.json").exists()
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_policy_trainers_stop_on_a_signal_the_same_way(tiny_model_dir, word_tokenizer, tmp_path, monkeypatch, stage):
+    """train-sft and train-dpo share the engine and finish_run: SIGINT in step 2 gives a checkpoint at step 2,
+    the model folder, and TrainingInterrupted (exit 130)."""
+    from marginkit.config import DPORunConfig, SFTRunConfig
+    from marginkit.configlib import from_dict
+    from marginkit.train.dpo import train_dpo
+    from marginkit.train.sft import train_sft
+
+    monitor = Engine._monitor
+
+    def hook(self, step_sums):
+        if self.step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return monitor(self, step_sums)
+
+    monkeypatch.setattr(Engine, "_monitor", hook)
+    train = {"output_dir": str(tmp_path), "max_steps": 4, "batch_size": 2, "mixed_precision": "no",
+             "progress_bar": False, "log_every": 1}
+    settings = {"model": {"name_or_path": str(tiny_model_dir)}, "train": train,
+                "data": {"cache_dir": str(tmp_path.parent / "cache")}}
+    cls, fit = (SFTRunConfig, train_sft) if stage == "sft" else (DPORunConfig, train_dpo)
+    with pytest.raises(TrainingInterrupted) as err:
+        fit(from_dict(cls, settings), pairs_for(word_tokenizer), None, console=lambda _: None)
+    assert err.value.exit_code == 130 and "after optimizer step 2 of 4" in str(err.value)
+    assert latest_checkpoint(tmp_path).name == "step-000002" and (tmp_path / "model" / "config.json").exists()
