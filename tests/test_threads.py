@@ -9,6 +9,7 @@ import torch
 
 from marginkit.demo import DemoConfig
 from marginkit.study.margins import StudyConfig
+from marginkit.study.real import RealStudyConfig
 from marginkit.study.world_pipeline import WorldPipelineConfig
 from marginkit.threads import choose_threads, free_cores, torch_threads
 
@@ -46,8 +47,8 @@ def test_torch_threads_says_and_restores():
     assert said == ["torch threads: 1 per process (threads=1)"]
 
 
-@pytest.mark.parametrize("cls", [DemoConfig, StudyConfig, WorldPipelineConfig])
+@pytest.mark.parametrize("cls", [DemoConfig, StudyConfig, WorldPipelineConfig, RealStudyConfig])
 def test_configs_default_to_one_thread_and_reject_bad_values(cls):
-    assert cls().threads == 1  # tiny models: 1 thread (47 s vs 407 s beside another job, issue 14)
+    assert cls().threads == 1  # 1 thread: 47 s vs 407 s beside another job (issue 14), same digits everywhere
     with pytest.raises(ValueError, match="threads=-2"):
         cls(threads=-2)

@@ -3,8 +3,9 @@
 Why: torch starts one intra-op thread per core. Two such processes on a 2-core machine oversubscribe it
 and each slows about tenfold: `world pipeline --size quick` took 47 s of CPU with 1 thread and 407 s
 with 2 threads beside another training process (issue 14); the tiny models gain nothing from more
-threads when alone. So the tiny-model paths default to 1 thread, and `threads=0` picks the cores that
-look free: this process's usable cores (`os.sched_getaffinity`) minus the 1-minute load average of
+threads when alone. So these paths default to 1 thread (which also keeps their numbers the same on every
+machine: the thread count changes the order of float sums), and `threads=0` picks the cores that look
+free: this process's usable cores (`os.sched_getaffinity`) minus the 1-minute load average of
 the rest of the machine, at least 1, shared out among `jobs` worker processes.
 """
 
@@ -19,7 +20,8 @@ __all__ = ["THREADS_HELP", "check_threads", "choose_threads", "free_cores", "tor
 THREADS_HELP = ("torch intra-op threads per process during the run (restored after). 0: the cores that look "
                 "free (usable cores minus the 1-minute load average, shared among the jobs), -1: torch's own "
                 "default (one per core). Beside another CPU job, torch's default oversubscribes the cores and "
-                "runs about 10x slower (world pipeline --quick: 47 s with 1 thread, 407 s with 2 contending).")
+                "runs about 10x slower (world pipeline --quick: 47 s with 1 thread, 407 s with 2 contending). "
+                "Results are the same for the same count; another count changes their last digits (float sums).")
 
 
 def check_threads(threads: int) -> None:

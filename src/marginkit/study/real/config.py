@@ -35,7 +35,8 @@ class RealStudyConfig:
                                 metadata={"help": "Built-in OOD sections evaluated (evaluate/sections.py)."})
     ensemble_size: int = field(default=3, metadata={"help": "BT runs behind conf-ens (the seed's own + k-1)."})
     jobs: int = field(default=1, metadata={"help": "Seeds trained in parallel processes (cores shared out)."})
-    threads: int = field(default=0, metadata={"help": THREADS_HELP + " MiniLM gains from a free second core."})
+    threads: int = field(default=1, metadata={"help": THREADS_HELP + " MiniLM encodes faster on a free second "
+                                              "core (threads=0 when the machine is yours alone)."})
     head_hidden: int = field(default=256, metadata={"help": "frozen: width of the reward head's hidden layer."})
     head_lr: float = field(default=1e-3, metadata={"help": "frozen: the head's peak AdamW learning rate (each task's "
                                                   "default was chosen by --tune-head, TASKS)."})
