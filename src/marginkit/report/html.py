@@ -268,8 +268,9 @@ def _short(names: Sequence[str]) -> dict[str, str]:
 _LOSS_NOTE = ("The loss of a margin strategy includes its margin term: with target margins m, a pair's loss is "
               "softplus(m − Δ), so at Δ = 0 it starts from mean softplus(m) (dotted, "
               "diagnostics/loss_at_zero_gap; softplus(1) = 1.31 for a fixed margin of 1) instead of BT's ln 2 = "
-              "0.69. Compare each run's loss with its own dotted line, and compare strategies by accuracy, not by "
-              "loss.")
+              "0.69. Compare each run's training loss with its own dotted line. The eval loss (markers) of a train-rm "
+              "run is plain BT, −log σ(Δ) without the margin (evaluate/rm_eval.py reward_metrics), so it does "
+              "compare across strategies.")
 
 
 def _section_training(c: RunContents, plot: _Plotter) -> str:
