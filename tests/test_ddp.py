@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from _engine_helpers import load_weights
+from _launch import run_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 # Adam divides by sqrt(v) + eps. Gradients that are 0 in exact arithmetic (key biases and the final
@@ -35,7 +35,7 @@ def run(model_dir: Path, out: Path, n_pairs: int, processes: int) -> Path:
     launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone",
                                           f"--nproc_per_node={processes}"]
     cmd = [sys.executable, *launcher, str(SCRIPT), str(model_dir), str(out), str(n_pairs), ADAM_EPS]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = run_processes(cmd, env)  # a hang fails with every process's stack
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
     assert [r["num_processes"] for r in ranks] == [processes] * processes

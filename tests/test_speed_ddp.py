@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, for _engine_helpers when run as a script
 
 from _engine_helpers import load_weights  # noqa: E402
+from _launch import run_processes  # noqa: E402
 
 ADAM_EPS = 1e-3  # why: tests/test_ddp.py (float32 rounding noise in zero-in-exact-arithmetic gradients)
 
@@ -35,7 +35,7 @@ def run(model_dir: Path, out: Path, n_pairs: int, forward: str, processes: int, 
     launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone",
                                           f"--nproc_per_node={processes}"]
     cmd = [sys.executable, *launcher, __file__, str(model_dir), str(out), str(n_pairs), forward, task, reference]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = run_processes(cmd, env)  # a hang fails with every process's stack
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
     assert [r["num_processes"] for r in ranks] == [processes] * processes

@@ -1,0 +1,31 @@
+"""Run a multi-process training command for a test, and make a hang say where it hangs.
+
+A torchrun job whose ranks wait on each other forever would otherwise end as a bare TimeoutExpired. Here
+every process runs with PYTHONFAULTHANDLER=1 in its own session; on timeout the whole group gets SIGABRT,
+on which faulthandler prints each thread's Python stack to stderr, and that stderr goes into the failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+
+def run_processes(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**env, "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)  # faulthandler: every process prints its stacks, then aborts
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} still running after {timeout:.0f} s; the processes' stacks:\n{err[-12000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
