@@ -41,3 +41,31 @@ def shared_data_dir() -> Path:
 
     env = os.environ.get("MARGINKIT_SHARED_DATA")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def installed(distribution: str) -> bool:
+    """Whether a distribution (a PyPI package name) is installed, without importing it."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def resolve_dotted(name: str):
+    """The object a dotted name in the docs points at: the longest importable module, then attributes.
+    Raises AssertionError when no prefix imports and AttributeError when an attribute is missing."""
+    import importlib
+
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise AssertionError(f"{name}: no importable module")

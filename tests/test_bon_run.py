@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import resolve_dotted
 from marginkit.cli import main
 from marginkit.data.ledger import Ledger
 from marginkit.data.schema import DataError, Pair
@@ -185,7 +186,6 @@ def test_combine_runs_by_hand():
 def test_docs_name_real_flags_and_code():
     """docs/bon.md: every `--flag` in its options table is a flag of `marginkit bon`, and every dotted
     marginkit name it gives resolves."""
-    import importlib
     import re
     from pathlib import Path
 
@@ -199,14 +199,4 @@ def test_docs_name_real_flags_and_code():
     assert named and named <= flags, named - flags
     assert flags - {"-h", "--help"} <= named, (flags - named)  # every flag is documented
     for dotted in set(re.findall(r"`(marginkit(?:\.[a-z_]+)+)`", doc)):
-        parts = dotted.split(".")
-        for cut in range(len(parts), 0, -1):  # longest importable module, then attributes
-            try:
-                obj = importlib.import_module(".".join(parts[:cut]))
-            except ModuleNotFoundError:
-                continue
-            for attr in parts[cut:]:
-                obj = getattr(obj, attr)
-            break
-        else:
-            raise AssertionError(dotted)
+        resolve_dotted(dotted)

