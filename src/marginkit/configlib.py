@@ -26,7 +26,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "apply_overrides", "load_config", "to_dict", "describe", "describe_markdown",
+__all__ = ["ConfigError", "from_dict", "apply_overrides", "load_config", "to_dict", "flatten", "describe",
+           "describe_markdown",
            "leaf_fields", "Flag", "config_flags", "add_config_flags", "flag_values", "reference_markdown"]
 
 T = TypeVar("T")
@@ -180,6 +181,18 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict of a config (for YAML/JSON dumps)."""
     return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as flat dotted keys, values untouched: {"a": {"b": 1}} -> {"a.b": 1} (with `prefix`
+    before every key)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _default(f: dataclasses.Field) -> Any:

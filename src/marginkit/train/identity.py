@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from marginkit.configlib import ConfigError, to_dict
+from marginkit.configlib import ConfigError, flatten, to_dict
 from marginkit.data.schema import Pair
 
 __all__ = ["IDENTITY_FILE", "run_identity", "identity_changes", "check_resume_identity", "read_identity"]
@@ -31,16 +31,6 @@ _TRAIN_KEYS = ("seed", "learning_rate", "weight_decay", "adam_beta1", "adam_beta
                "mixed_precision")
 _DATA_KEYS = ("train", "split", "format", "on_invalid", "tokenize")
 _SECTIONS = ("model", "margin", "loss", "reference", "preflight", "mask_audit")
-
-
-def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _file_digest(source: str) -> str | None:
@@ -74,14 +64,14 @@ def run_identity(cfg: Any, train_pairs: Sequence[Pair] | None = None) -> dict[st
     for section in _SECTIONS:
         if section in full:
             value = full[section]
-            settings.update(_flat(value, f"{section}.") if isinstance(value, dict) else {section: value})
+            settings.update(flatten(value, f"{section}.") if isinstance(value, dict) else {section: value})
     data = {k: full["data"][k] for k in _DATA_KEYS if k in full["data"]}
     if train_pairs is not None:
         data["train"] = f"<{len(train_pairs)} pairs in memory>"
         data["train_sha256"] = _pairs_digest(train_pairs)
     else:
         data["train_sha256"] = _file_digest(cfg.data.train)
-    settings.update(_flat(data, "data."))
+    settings.update(flatten(data, "data."))
     settings.update({f"train.{k}": full["train"][k] for k in _TRAIN_KEYS})
     # JSON round trip: the settings compare equal to the ones read back from a checkpoint (tuples -> lists)
     settings = json.loads(json.dumps(settings, sort_keys=True, default=str))

@@ -29,7 +29,7 @@ from transformers import get_scheduler
 
 from marginkit.atomic import write_dir_atomic, write_text_atomic
 from marginkit.config import DataConfig
-from marginkit.configlib import ConfigError, to_dict
+from marginkit.configlib import ConfigError, flatten, to_dict
 from marginkit.data.collate import LayoutPairCollator, PairCollator
 from marginkit.data.ledger import Ledger
 from marginkit.data.load import load_pairs
@@ -267,13 +267,7 @@ def prepare_optimization(acc: Accelerator, cfg: Any, model: nn.Module, n_pairs: 
 
 def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config as flat `a.b` keys with scalar values (for trackers); lists and None as JSON."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
-    return out
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in flatten(d, prefix).items()}
 
 
 def check_margin_inputs(strategy: MarginStrategy, name: str, encoded: Sequence[EncodedPair], pairs: Sequence[Pair],
