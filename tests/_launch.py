@@ -28,15 +28,41 @@ def run_processes(cmd: list[str], env: dict[str, str], timeout: float = 300,
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGABRT)  # faulthandler: every process prints its stacks, then aborts
+        # torchrun starts its workers in their own process groups: signal every descendant, not only the group
+        pids = [proc.pid, *_descendants(proc.pid)]
+        _signal(pids, signal.SIGABRT)  # faulthandler: every process prints its stacks, then aborts
         try:
             out, err = proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
+            _signal(pids, signal.SIGKILL)
+            out, err = proc.communicate(timeout=20)  # every writer of the pipes is gone now
         if finished is not None and finished():
             print(f"{' '.join(cmd)}: results written, then a process hung at exit (torch gloo teardown); "
                   f"stopped after {timeout:.0f} s")
             return subprocess.CompletedProcess(cmd, 0, out, err)
         pytest.fail(f"{' '.join(cmd)} still running after {timeout:.0f} s; the processes' stacks:\n{err[-12000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), children before grandchildren."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in os.listdir(f"/proc/{parent}/task") if os.path.isdir(f"/proc/{parent}/task") else []:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
