@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from marginkit.losses.types import PairLoss, check_pair_shapes
+from marginkit.margins.global_batch import gather_rows
 
 __all__ = [
     "PreferenceLogps", "log_ratio_gap", "dpo_sigmoid_loss", "ipo_loss", "hinge_loss", "robust_dpo_loss",
@@ -266,15 +267,6 @@ class BetaDPOConfig:
 # β-DPO: the one stateful loss
 
 
-def _global_sums(values: Tensor) -> Tensor:
-    """Sum a small tensor over processes when torch.distributed runs, so every process sees the
-    same batch statistics (and keeps the same running state, which resume saves from rank 0)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        values = values.clone()
-        torch.distributed.all_reduce(values)
-    return values
-
-
 class BetaDPO:
     """β-DPO (Wu et al. 2024, arXiv:2407.08639; the authors' code junkangwu/beta-DPO `trainers.py`).
 
@@ -288,8 +280,9 @@ class BetaDPO:
     4. loss_i = -log σ(β_batch h_i) on the kept pairs.
     The kept pairs come back as extras["pair_weight"] = (B / k) on kept, 0 on dropped, so the step's
     sum divided by B is the mean over kept pairs. Rewards use β_0, as in the authors' code, so
-    `rewards/*` stay comparable with plain DPO; extras["beta"] holds β_batch. Statistics are summed
-    across processes when torch.distributed runs. Filtering draws come from a private generator
+    `rewards/*` stay comparable with plain DPO; extras["beta"] holds β_batch. With torch.distributed
+    running, steps 1-3 run on the global micro-batch (every process's gaps gathered), so the result does not
+    depend on the number of processes. Filtering draws come from a private generator
     whose state is saved, so resume is exact.
     """
 
@@ -311,9 +304,9 @@ class BetaDPO:
 
     @torch.no_grad()
     def _update(self, h: Tensor) -> None:
-        s = _global_sums(torch.stack([h.sum(), (h * h).sum(), torch.tensor(float(h.numel()), device=h.device)]))
-        mean = (s[0] / s[2]).item()
-        std = math.sqrt(max((s[1] / s[2]).item() - mean * mean, 0.0))  # population std: defined for B = 1
+        n = h.numel()
+        mean = (h.sum() / n).item()
+        std = math.sqrt(max(((h * h).sum() / n).item() - mean * mean, 0.0))  # population std: defined for B = 1
         m = self.config.momentum
         first = self.reference_margin is None
         self.reference_margin = mean if first else m * self.reference_margin + (1 - m) * mean
@@ -337,17 +330,21 @@ class BetaDPO:
         return mask.to(h.device)
 
     def __call__(self, x: PreferenceLogps, offset: Tensor | None = None) -> PairLoss:
-        h = log_ratio_gap(*x.summed()).detach()  # [B]
+        h_mine = log_ratio_gap(*x.summed()).detach()  # [b] this process's pairs
+        # Statistics and filtering draws over the global micro-batch (every process's gaps, in the order of
+        # one process), each process keeping its rows: P processes give the β and the kept pairs of one, and
+        # every process keeps the same state and generator (issue 17; margins/global_batch.py).
+        h, mine = gather_rows(h_mine)  # [B]
         self._update(h)
-        kept = self._select(h)  # [B] bool
-        s = _global_sums(torch.stack([(h * kept).sum(), kept.float().sum()]))
-        beta_batch = beta_dpo_beta(s[0] / s[1], self.reference_margin, self.beta, self.config.alpha,
-                                   self.config.min_beta)
+        kept_all = self._select(h)  # [B] bool, the same on every process
+        kept_mean = (h * kept_all).sum() / kept_all.float().sum()  # []
+        beta_batch = beta_dpo_beta(kept_mean, self.reference_margin, self.beta, self.config.alpha, self.config.min_beta)
         out = dpo_sigmoid_loss(*x.summed(), beta=beta_batch)
-        pair_weight = kept.float() * (h.numel() / kept.float().sum())  # [B]; sums to B
+        kept = kept_all[mine]  # [B] -> [b]
+        pair_weight = kept.float() * (kept_all.numel() / kept_all.float().sum())  # [b]; sums to B over the processes
         chosen, rejected = self.rewards(x)
-        extras = {"beta": beta_batch.expand(h.shape).clone(), "pair_weight": pair_weight, "selected": kept.float(),
-                  "reference_margin": torch.full_like(h, self.reference_margin)}
+        extras = {"beta": beta_batch.expand(h_mine.shape).clone(), "pair_weight": pair_weight,
+                  "selected": kept.float(), "reference_margin": torch.full_like(h_mine, self.reference_margin)}
         return PairLoss(out.losses, chosen, rejected, extras)
 
     def state_dict(self) -> dict[str, Any]:

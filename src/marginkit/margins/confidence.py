@@ -39,7 +39,7 @@ Choices where the source is vague, and why:
   costs what BT costs.
 
 Diagnostics (logged as target_margins/<name>, averaged over the logging window's pairs):
-`batch_mean_gap` (μ_B), `active_mean` (mean m_i over the micro-batch's active pairs, 0 when none;
+`batch_mean_gap` (μ_B), `active_mean` (mean m_i over the global micro-batch's active pairs, 0 when none;
 the window's exact value is target_margins/mean divided by target_margins/active_fraction), and
 `ensemble_std` (mean std_k Δ^k_i, ensemble only). The share of pairs with a_i = 0 is the step's own
 `target_margins/filtered_fraction` (1 - active, for every strategy).
@@ -131,6 +131,16 @@ def batch_mean(gap: torch.Tensor, across_processes: bool = True) -> torch.Tensor
     return stats[0] / stats[1]
 
 
+def _active_mean(margin: torch.Tensor, active: torch.Tensor, across_processes: bool) -> torch.Tensor:
+    """[] mean m_i over the micro-batch's active pairs (0 when none); over every process's shard with
+    torch.distributed running and `across_processes` (one all-reduce of [Σ m_i, Σ a_i], so 2 processes log
+    what 1 does)."""
+    stats = torch.stack([margin.double().sum(), active.double().sum()])  # [2]
+    if across_processes and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(stats)
+    return (stats[0] / stats[1].clamp(min=1)).to(margin.dtype)
+
+
 def _below_batch_mean(gap: torch.Tensor, mu: torch.Tensor, tau: float | None) -> torch.Tensor:
     return gap < mu
 
@@ -220,7 +230,7 @@ class ConfidenceMargin:
         margin = torch.where(active, margin, 0.0).to(gap.dtype)  # [B]; inactive pairs: plain BT
         diagnostics = {  # the filtered share is the step's target_margins/filtered_fraction (1 - active)
             "batch_mean_gap": mu.to(gap.dtype),
-            "active_mean": margin.sum() / active.sum().clamp(min=1),
+            "active_mean": _active_mean(margin, active, cfg.global_batch_mean),
         }
         if self._std is not None:
             diagnostics["ensemble_std"] = self._lookup(self._std, inputs)  # [B]

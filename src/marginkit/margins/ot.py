@@ -6,7 +6,9 @@ cost matrix between the batch's chosen and rejected responses, so that the RM fo
 pairs (similar responses, small predicted gap). Its equations are not available to us; this is our
 reading (design.md sec. 2), with every open choice an option below.
 
-Per micro-batch of B pairs, all detached, in float32 with autocast off:
+Per micro-batch of B pairs (the global micro-batch: with several processes, their pairs are gathered
+first and each keeps its own rows of m, so P processes give the targets of one), all detached, in
+float32 with autocast off:
 
     ê_c,i, ê_r,j   embeddings of the responses, minus the batch mean of all 2B when
                    `center_embeddings` (LM hidden states share one dominant direction, which makes
@@ -78,6 +80,7 @@ import torch.nn.functional as F
 
 from marginkit.margins._util import clip
 from marginkit.margins.base import MarginInputs, Margins, MarginSetup
+from marginkit.margins.global_batch import gather_rows
 from marginkit.margins.sinkhorn import plan_entropy, sinkhorn_log
 
 __all__ = ["OTMarginConfig", "OTMargin", "ot_cost", "margin_from_plan", "encode_texts", "encoder_fingerprint"]
@@ -182,11 +185,17 @@ class OTMargin:
         cfg = self.config
         gap = inputs.reward_gap.detach()
         with torch.autocast(device_type=gap.device.type, enabled=False):
-            emb_c, emb_r = self._embeddings(inputs)  # [B, D] x 2, float32
-            cost = ot_cost(emb_c, emb_r, gap.float(), cfg)  # [B, B]
+            emb_c, emb_r = self._embeddings(inputs)  # [b, D] x 2, float32: this process's pairs
+            d = emb_c.shape[1]
+            # The plan couples every pair of the batch, so it is solved on the global micro-batch (all
+            # processes' pairs, in the order of one process: margins/global_batch.py) and each process keeps
+            # its rows: P processes give the targets of one (issue 17). One all_gather of [b, 2D + 1].
+            rows, mine = gather_rows(torch.cat([emb_c, emb_r, gap.float()[:, None]], dim=1))  # [B, 2D + 1]
+            emb_c, emb_r, gap_all = rows[:, :d], rows[:, d:2 * d], rows[:, 2 * d]  # [B, D] x 2, [B]
+            cost = ot_cost(emb_c, emb_r, gap_all, cfg)  # [B, B]
             result = sinkhorn_log(cost, cfg.epsilon, cfg.sinkhorn_iters, tol=cfg.sinkhorn_tol)
-            hardness = margin_from_plan(result.plan, cost, cfg.margin_from)  # [B]
-            b = len(gap)
+            hardness = margin_from_plan(result.plan, cost, cfg.margin_from)[mine]  # [B] -> [b]
+            b = len(gap_all)
             entropy = (plan_entropy(result) - math.log(b)) / math.log(b) if b > 1 else torch.zeros((), device=gap.device)
             diagnostics = {"ot_plan_entropy": entropy, "ot_marginal_error": result.marginal_error,
                            "ot_diagonal_mass": result.plan.diagonal().sum(), "ot_cost_diagonal": cost.diagonal().mean()}
