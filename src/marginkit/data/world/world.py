@@ -4,15 +4,18 @@
     world.train[0]          # Pair(prompt, chosen, rejected, score_*, gold_*, id, metadata)
 
 Each pair is two samples of the base policy for one prompt of its split. With g_a, g_b their
-true rewards, the label is drawn from Bradley-Terry at temperature `noise`:
-P(a chosen) = sigmoid((g_a - g_b) / noise) (noise = 0: the truly better one, a on exact ties),
-so near-ties are coin flips and clear wins are almost never flipped. `gold_chosen` and
-`gold_rejected` keep the true rewards, so `Pair.gold_gap < 0` exactly when the label flipped.
-Each response also gets a Likert rating in 1..10 (`score_chosen`, `score_rejected`):
-clip(floor(4.5 + 2 * (g + eps) + 0.5), 1, 10) with eps ~ N(0, rating_noise^2).
+true rewards, the label is drawn from one of five noise models (`label_noise`; formulas in
+`marginkit.data.world.labels`): Bradley-Terry at temperature `noise` (the default:
+P(a chosen) = sigmoid((g_a - g_b) / noise), a on exact ties at noise = 0), Thurstone's probit,
+a constant flip rate, a pool of annotators of different noise, or annotators who also reward
+length. `gold_chosen` and `gold_rejected` keep the true rewards, so `Pair.gold_gap < 0` exactly
+when the label flipped. Each response also gets a Likert rating in 1..10 (`score_chosen`,
+`score_rejected`): clip(floor(4.5 + 2 * (g + eps) + 0.5), 1, 10) with eps ~ N(0, rating_noise^2)
+(annotators: their own perceived reward; length_bias: the reward plus the length bonus).
 
-Draw order per split: all texts first, then the label uniforms, then the rating noise; so
-changing `noise` or `rating_noise` keeps every text and changing `rating_noise` keeps every label.
+Draw order per split: all texts first, then the label draws, then the rating noise; so changing
+`label_noise` or any of its parameters keeps every text, and changing `rating_noise` keeps every
+label.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from marginkit.data.schema import Pair
+from marginkit.data.world.labels import LABEL_MODELS, LABEL_PARAMETERS, draw_labels
 from marginkit.data.world.lexicon import vocabulary
 from marginkit.data.world.policy import BasePolicy
 from marginkit.data.world.prompts import SPLITS, sample_prompt, split_of
@@ -35,7 +40,6 @@ from marginkit.data.world.reward import true_rewards
 
 __all__ = ["WorldConfig", "World", "make_world", "format_pair"]
 
-_RATING_OFFSET, _RATING_SCALE = 4.5, 2.0  # the policy's median reward (~0.5) rates 5-6 of 10
 _RESAMPLE_POOL = 8  # responses drawn when a prompt's first two coincide
 
 
@@ -49,16 +53,40 @@ class WorldConfig:
     n_train: int = field(default=2000, metadata={"help": "Pairs in the train split (>= 1)."})
     n_val: int = field(default=500, metadata={"help": "Pairs in the val split (>= 0)."})
     n_test: int = field(default=1000, metadata={"help": "Pairs in the test split (>= 0)."})
+    label_noise: Literal["bt", "thurstone", "flip", "annotators", "length_bias"] = field(
+        default="bt",
+        metadata={"help": "How labels are drawn from the true gap (docs/world.md, 'Labels'): bt = "
+                  "sigmoid(gap / noise), thurstone = Phi(gap / noise), flip = the truly better one except "
+                  "with probability flip_rate, annotators = one annotator of annotator_noises per pair, "
+                  "length_bias = sigmoid((gap + length_weight * word-count difference) / noise)."},
+    )  # fmt: skip
     noise: float = field(
         default=0.5,
-        metadata={"help": "Bradley-Terry temperature of the labels, in true-reward units (>= 0): "
-                  "P(a chosen) = sigmoid((g_a - g_b) / noise); 0 = always the truly better one. "
-                  "0.5 flips about 18% of labels, 1.0 about 27%."},
+        metadata={"help": "Temperature T of the bt, thurstone and length_bias labels, in true-reward units "
+                  "(>= 0): bt P(a chosen) = sigmoid((g_a - g_b) / T); 0 = always the truly better one. "
+                  "bt at 0.5 flips about 18% of labels, at 1.0 about 27%."},
+    )  # fmt: skip
+    flip_rate: float = field(
+        default=0.2,
+        metadata={"help": "label_noise=flip: probability, in [0, 0.5], that a label goes against the true "
+                  "order, whatever the gap (exact ties: a coin)."},
+    )  # fmt: skip
+    annotator_noises: tuple[float, ...] = field(
+        default=(0.1, 0.5, 2.0),
+        metadata={"help": "label_noise=annotators: the pool's noise stds s_k (each >= 0); each pair is "
+                  "labelled by one annotator drawn uniformly, who sees g + s_k * N(0, 1) per response, "
+                  "rates what it sees and states a Llama 2 confidence level (the pair's margin)."},
+    )  # fmt: skip
+    length_weight: float = field(
+        default=0.1,
+        metadata={"help": "label_noise=length_bias: reward units per word that annotators add for length, "
+                  "in the label and in the ratings (finite; negative = shorter preferred)."},
     )  # fmt: skip
     rating_noise: float = field(
         default=0.5,
-        metadata={"help": "Std of the true-reward noise before a response is rated 1..10 (>= 0)."},
-    )
+        metadata={"help": "Std of the true-reward noise before a response is rated 1..10 (>= 0; "
+                  "label_noise=annotators rates with the annotator's own noise instead)."},
+    )  # fmt: skip
     policy_skill: float = field(
         default=0.45,
         metadata={"help": "Mean skill of the base policy, in (0, 1): how often a choice reads the prompt."},
@@ -90,6 +118,7 @@ class WorldConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"WorldConfig.{name}: {value!r} (need a finite number >= 0)")
+        self._check_label_noise()
         if not 0.0 < self.policy_skill < 1.0:
             raise ValueError(f"WorldConfig.policy_skill: {self.policy_skill!r} (need 0 < policy_skill < 1)")
         if not self.policy_concentration > 0.0:
@@ -101,6 +130,38 @@ class WorldConfig:
         fr = self.split_fractions
         if len(fr) != 3 or any(not f > 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-9:
             raise ValueError(f"WorldConfig.split_fractions: {fr!r} (need 3 values > 0 summing to 1)")
+
+    def _check_label_noise(self) -> None:
+        """label_noise and its parameters; a parameter the chosen model does not read must keep its
+        default (set and silently ignored would be worse)."""
+        if self.label_noise not in LABEL_MODELS:
+            raise ValueError(
+                f"WorldConfig.label_noise: {self.label_noise!r} (need one of {tuple(LABEL_MODELS)})"
+            )
+        if not _is_real(self.flip_rate) or not 0.0 <= self.flip_rate <= 0.5:
+            raise ValueError(f"WorldConfig.flip_rate: {self.flip_rate!r} (need a number in [0, 0.5])")
+        if isinstance(self.annotator_noises, list):  # a JSON round trip (world.json) gives a list
+            object.__setattr__(self, "annotator_noises", tuple(self.annotator_noises))
+        s = self.annotator_noises
+        if not isinstance(s, tuple) or not s or any(not _is_real(v) or v < 0 for v in s):
+            raise ValueError(
+                f"WorldConfig.annotator_noises: {s!r} (need a non-empty tuple of finite numbers >= 0)"
+            )
+        if not _is_real(self.length_weight):
+            raise ValueError(f"WorldConfig.length_weight: {self.length_weight!r} (need a finite number)")
+        uses = LABEL_MODELS[self.label_noise].uses
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in LABEL_PARAMETERS:
+            value = getattr(self, name)
+            if name not in uses and value != defaults[name]:
+                readers = [m for m, model in LABEL_MODELS.items() if name in model.uses]
+                raise ValueError(f"WorldConfig.{name}: {value!r} is not read by label_noise={self.label_noise!r} "
+                                 f"(only by {readers}); leave it at its default {defaults[name]!r}")  # fmt: skip
+
+
+def _is_real(value: object) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -169,40 +230,25 @@ def _draw_texts(cfg: WorldConfig, policy: BasePolicy, split: str, n: int,
     return rows
 
 
-def _bt_probability(gap: np.ndarray, noise: float) -> np.ndarray:
-    """[N] P(a chosen) = sigmoid(gap / noise); the step function (1 on ties) at noise = 0."""
-    if noise == 0:
-        return (gap >= 0).astype(np.float64)
-    return 0.5 * (1.0 + np.tanh(gap / (2.0 * noise)))  # = sigmoid(gap / noise), overflow-free
-
-
-def _ratings(gold: np.ndarray, rating_noise: float, rng: np.random.Generator) -> np.ndarray:
-    """Integer Likert ratings 1..10, same shape as gold (module docstring)."""
-    noisy = gold + rating_noise * rng.standard_normal(gold.shape)
-    return np.clip(np.floor(_RATING_OFFSET + _RATING_SCALE * noisy + 0.5), 1, 10).astype(np.int64)
-
-
 def _build_split(cfg: WorldConfig, policy: BasePolicy, split: str, n: int) -> list[Pair]:
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])
     rows = _draw_texts(cfg, policy, split, n, rng)
     prompts = [row[0] for row in rows]
     gold = true_rewards(prompts + prompts, [row[1] for row in rows] + [row[2] for row in rows])  # [2n]
-    gold_a, gold_b = gold[:n], gold[n:]  # [n], [n]
-    p_a = _bt_probability(gold_a - gold_b, cfg.noise)  # [n]
-    u = rng.random(n)  # [n], drawn even at noise 0 so that the ratings' draws do not move
-    a_wins = u < p_a if cfg.noise > 0 else p_a == 1.0  # [n]
-    ratings = _ratings(np.stack([gold_a, gold_b], axis=1), cfg.rating_noise, rng)  # [n, 2]
+    gold_ab = np.stack([gold[:n], gold[n:]], axis=1)  # [2n] -> [n, 2] true rewards of (a, b)
+    labels = draw_labels(cfg, gold_ab, [(row[1], row[2]) for row in rows], rng)
     pairs = []
     for i, (prompt, a, b, request_key) in enumerate(rows):
-        win, lose = (0, 1) if a_wins[i] else (1, 0)
-        texts, golds = (a, b), (float(gold_a[i]), float(gold_b[i]))
-        p_chosen = float(p_a[i] if a_wins[i] else 1.0 - p_a[i])
+        win, lose = (0, 1) if labels.a_wins[i] else (1, 0)
+        texts, golds = (a, b), (float(gold_ab[i, 0]), float(gold_ab[i, 1]))
+        p_chosen = float(labels.p_a[i] if labels.a_wins[i] else 1.0 - labels.p_a[i])
         pairs.append(Pair(
-            prompt=prompt, chosen=texts[win], rejected=texts[lose],
-            score_chosen=int(ratings[i, win]), score_rejected=int(ratings[i, lose]),
+            prompt=prompt, chosen=texts[win], rejected=texts[lose], margin=labels.margin(i),
+            score_chosen=int(labels.ratings[i, win]), score_rejected=int(labels.ratings[i, lose]),
             gold_chosen=golds[win], gold_rejected=golds[lose],
             id=f"world-s{cfg.seed}-{split}-{i:06d}",
-            metadata={"p_chosen": p_chosen, "flipped": golds[win] < golds[lose], "request": request_key},
+            metadata={"p_chosen": p_chosen, "flipped": golds[win] < golds[lose], "request": request_key,
+                      "label_noise": cfg.label_noise, **labels.metadata(i)},
         ))  # fmt: skip
     return pairs
 
