@@ -226,6 +226,29 @@ def _study_run(configs: list[Any], args: argparse.Namespace) -> int:
     return 0
 
 
+def _map_run(cfg: Any, args: argparse.Namespace) -> int:
+    from marginkit.study.margin_map.report import write_study
+    from marginkit.study.margin_map.runner import run_map
+
+    rows = run_map(cfg)
+    print(f"wrote {write_study(rows, cfg.out)} (tables, Holm-corrected comparisons, claims, plot) from "
+          f"{cfg.out}/results.jsonl")
+    return 0
+
+
+def _render_run(cfg: Any, args: argparse.Namespace) -> int:
+    from marginkit.study.render import render
+
+    changed = render(cfg.docs, check=cfg.check, plots=cfg.plots)
+    if cfg.check:
+        for block in changed:
+            print(f"out of date: {block} (the committed rows give other numbers; run `marginkit study render`)")
+        print("every generated block matches its rows" if not changed else f"{len(changed)} block(s) out of date")
+        return 1 if changed else 0
+    print(f"rendered {cfg.docs}: {len(changed)} block(s) changed" + (f" ({', '.join(changed)})" if changed else ""))
+    return 0
+
+
 def _bon_run(cfg: Any, args: argparse.Namespace) -> int:
     from marginkit.evaluate.bon_run import run_bon
 
@@ -348,6 +371,11 @@ COMMANDS: list[Command] = [  # words, config classes ("module:Class"), runner, h
     Command("study margins", ("marginkit.study.margins:StudyConfig", "marginkit.study.real:RealStudyConfig"),
             _study_run, "Every margin strategy over seeds (and label-noise levels on the gold world): test "
             "accuracy vs BT with 95% intervals.", extra=_study_extra, build=_study_configs, skip=("task",)),
+    Command("study map", ("marginkit.study.margin_map.runner:MapConfig",), _map_run,
+            "The margin map on the gold world: every margin, control and robust loss x label-noise model x "
+            "training-set size x RM class (linear well-specified, transformer), 10 seeds, Holm-corrected."),
+    Command("study render", ("marginkit.study.render:RenderConfig",), _render_run,
+            "Regenerate every study table and plot in docs/ from the committed rows (--check: fail if any differs)."),
     Command("bon", ("marginkit.evaluate.bon_run:BonConfig",), _bon_run,
             "Best-of-N: sample once, each RM picks its best, a judge compares the picks."),
     Command("report", ("marginkit.report.html:ReportConfig",), _report_run,

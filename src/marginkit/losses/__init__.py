@@ -4,7 +4,7 @@ bt.py: Bradley-Terry reward-model losses with margins; dpo.py: the DPO family; r
 losses by name, their options (`DPOLossSpec`) and `build_dpo_loss`.
 """
 
-from marginkit.losses.bt import bt_loss, centering_penalty
+from marginkit.losses.bt import bt_loss, centering_penalty, soft_bt_loss
 from marginkit.losses.dpo import (
     BetaDPO,
     BetaDPOConfig,
@@ -36,4 +36,4 @@ from marginkit.losses.types import PairLoss, check_pair_shapes
 __all__ = ["DPO_LOSSES", "BetaDPO", "BetaDPOConfig", "DPOLoss", "DPOLossSpec", "IPOConfig", "LabelSmoothingConfig",
            "LossName", "ODPOConfig", "PairLoss", "PreferenceLogps", "SimPOConfig", "beta_dpo_beta", "bt_loss",
            "build_dpo_loss", "cdpo_loss", "centering_penalty", "check_pair_shapes", "chosen_nll", "dpo_sigmoid_loss",
-           "hinge_loss", "ipo_loss", "log_ratio_gap", "odpo_loss", "robust_dpo_loss", "simpo_loss"]
+           "hinge_loss", "ipo_loss", "log_ratio_gap", "odpo_loss", "robust_dpo_loss", "simpo_loss", "soft_bt_loss"]

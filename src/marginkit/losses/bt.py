@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from marginkit.losses.types import PairLoss, check_pair_shapes
 
-__all__ = ["bt_loss", "centering_penalty"]
+__all__ = ["bt_loss", "soft_bt_loss", "centering_penalty"]
 
 
 def bt_loss(
@@ -42,6 +42,33 @@ def bt_loss(
     if target_margin is not None:
         reward_gap = reward_gap - target_margin.float()
     losses = -F.logsigmoid(reward_gap)
+    return PairLoss(losses, chosen_rewards.detach(), rejected_rewards.detach())
+
+
+def soft_bt_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, p_chosen: torch.Tensor) -> PairLoss:
+    """Bradley-Terry with soft labels: the cross-entropy of σ(Δ) to a target probability, per pair.
+
+    loss_i = -p_i log σ(Δ_i) - (1 - p_i) log σ(-Δ_i) = softplus(-Δ_i) + (1 - p_i) Δ_i,  Δ_i = r_c,i - r_r,i.
+
+    p_i = 1 is plain BT; p_i = 1 - ε for every pair is label smoothing (the conservative loss for an assumed
+    flip rate ε, cDPO's form for a reward model); p_i = the probability with which the labeller chose y_c
+    (known in a synthetic world) is the soft-label ceiling: it trains on what the label *means*, the gap.
+
+    Args:
+        chosen_rewards, rejected_rewards: [B], with gradient.
+        p_chosen: [B] target P(y_c ≻ y_r) in [0, 1], must not require grad.
+
+    Values: Δ = 0 gives ln 2 for every p; Δ = ln 3, p = 0.75 gives the target's entropy
+    -0.75 ln 0.75 - 0.25 ln 0.25 = 0.5623 (σ(ln 3) = 0.75, the minimum over Δ).
+    """
+    check_pair_shapes("soft_bt_loss", chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
+                      p_chosen=p_chosen)
+    if p_chosen.requires_grad:
+        raise ValueError("soft_bt_loss: p_chosen requires grad; targets must be detached")
+    if bool(((p_chosen < 0) | (p_chosen > 1) | ~torch.isfinite(p_chosen)).any()):
+        raise ValueError("soft_bt_loss: p_chosen must lie in [0, 1]")
+    reward_gap = chosen_rewards.float() - rejected_rewards.float()
+    losses = F.softplus(-reward_gap) + (1.0 - p_chosen.float()) * reward_gap
     return PairLoss(losses, chosen_rewards.detach(), rejected_rewards.detach())
 
 
