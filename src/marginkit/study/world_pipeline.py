@@ -43,6 +43,7 @@ from marginkit.models.logprobs import forward_logps
 from marginkit.models.policy import PolicyConfig, load_policy
 from marginkit.models.ref_cache import ModelReference
 from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
+from marginkit.study.render import read_rows, write_rows
 from marginkit.threads import THREADS_HELP, check_threads, torch_threads
 from marginkit.train.dpo import DPORunResult, train_dpo
 from marginkit.train.sft import ChosenCollator, train_sft
@@ -250,8 +251,10 @@ def _run(cfg: WorldPipelineConfig, console: Callable[[str], None]) -> WorldPipel
                                                    if report.gold_accuracy else {}), **report.metrics}
     result = WorldPipelineResult(out, sft_dir, dpo.model_dir, scores, pairs, dpo.history,
                                  time.perf_counter() - started)
-    (out / "summary.json").write_text(json.dumps({"scores": [asdict(s) for s in scores], "dpo_test_pairs": pairs,
-                                                  "seconds": result.seconds}, indent=2) + "\n")
+    summary = {"seed": cfg.seed, "size": cfg.size, "noise": cfg.noise, "scores": [asdict(s) for s in scores],
+               "dpo_test_pairs": pairs, "seconds": result.seconds}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_rows(out / "rows.csv.gz", pipeline_rows(summary))
     console("\n" + format_scores(result))
     return result
 
@@ -268,6 +271,85 @@ def format_scores(result: WorldPipelineResult) -> str:
                  + (f", {p['accuracy_true']:.3f} (true preference)" if "accuracy_true" in p else "")
                  + f"; {result.seconds:.0f} s in all")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- raw rows and the docs table
+
+PIPELINE_ROWS = "study/world_pipeline.csv.gz"  # the committed rows, relative to docs/
+
+
+def pipeline_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per policy of one run (summary.json): seed, size, noise, true reward with its bootstrap interval
+    over samples, KL to SFT, mean words; the dpo row adds its implicit reward's test-pair accuracy against the
+    labels and the true preference; every row carries the run's wall seconds."""
+    pairs = summary["dpo_test_pairs"]
+    rows = []
+    for s in summary["scores"]:
+        row = {"seed": summary["seed"], "size": summary["size"], "noise": summary["noise"], "policy": s["name"],
+               **{k: s[k] for k in ("true_reward", "true_reward_low", "true_reward_high", "kl_to_sft", "mean_words",
+                                    "n_samples")}, "acc_labels": None, "acc_true": None}
+        if s["name"] == "dpo":
+            row.update(acc_labels=pairs["accuracy"], acc_true=pairs.get("accuracy_true"))
+        rows.append({**row, "seconds": round(summary["seconds"], 1)})
+    return rows
+
+
+def export_pipeline_rows(run_dirs: Sequence[str | Path], dest: str | Path) -> Path:
+    """The rows of several `world pipeline` runs (one per seed) as one committed file. A run folder written
+    before summary.json carried its seed is read with the seed of its DPO config."""
+    rows = []
+    for d in map(Path, run_dirs):
+        summary = json.loads((d / "summary.json").read_text())
+        if "seed" not in summary:
+            import yaml
+
+            dpo = yaml.safe_load((d / "dpo" / "config.yaml").read_text())
+            summary.update(seed=dpo["train"]["seed"], size="quick", noise=WorldPipelineConfig.noise)
+        rows += pipeline_rows(summary)
+    return write_rows(dest, sorted(rows, key=lambda r: r["seed"]))
+
+
+def format_pipeline_table(rows: list[dict[str, Any]]) -> str:
+    """The docs table: per policy, the mean over seeds of the true reward, KL and words, with a 95% t-interval
+    over seeds, each seed's value; then the DPO implicit reward's accuracy and the wall time per run."""
+    from marginkit.evaluate.stats import t_interval
+
+    seeds = sorted({r["seed"] for r in rows})
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    by = {(r["seed"], r["policy"]): r for r in rows}
+
+    def ci(values: list[float], fmt: str) -> str:
+        m, lo, hi = t_interval(values)
+        return f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+    lines = [f"| policy | true reward, mean [95% t over {len(seeds)} seeds] | per seed ({', '.join(map(str, seeds))}) "
+             "| KL to SFT | words |", "|---|---|---|---|---|"]
+    for name in policies:
+        mine = [by[(s, name)] for s in seeds]
+        kl = "—" if mine[0]["kl_to_sft"] is None else ci([r["kl_to_sft"] for r in mine], ".2f")
+        lines.append(f"| {name} | {ci([r['true_reward'] for r in mine], '+.3f')} | "
+                     + ", ".join(f"{r['true_reward']:+.3f}" for r in mine)
+                     + f" | {kl} | {ci([r['mean_words'] for r in mine], '.1f')} |")
+    dpo = [by[(s, "dpo")] for s in seeds]
+    secs = [r["seconds"] for r in dpo]
+    lines.append("")
+    for other in (p for p in policies if p != "dpo"):  # paired over seeds: same world, same prompts
+        diff = [by[(s, "dpo")]["true_reward"] - by[(s, other)]["true_reward"] for s in seeds]
+        lines.append(f"DPO minus {other}, paired by seed: {ci(diff, '+.3f')}, DPO higher in "
+                     f"{sum(d > 0 for d in diff)} of {len(seeds)} seeds.")
+    lines += [f"The DPO policy's implicit reward ranks the test pairs at {ci([r['acc_labels'] for r in dpo], '.3f')} "
+              f"against the labels and {ci([r['acc_true'] for r in dpo], '.3f')} against the true preference (mean "
+              f"[95% t over seeds]). Run time per seed (the pipeline's own clock, on the shared machine): "
+              f"{min(secs):.0f} to {max(secs):.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def render_docs(docs_dir: Path, plots: bool = True) -> dict[str, dict[str, str]]:
+    """study.render's renderer: docs/dpo.md's block `world-pipeline` from docs/study/world_pipeline.csv.gz."""
+    return {"dpo.md": {"world-pipeline": format_pipeline_table(read_rows(Path(docs_dir) / PIPELINE_ROWS))}}
+
+
+__all__ += ["PIPELINE_ROWS", "pipeline_rows", "export_pipeline_rows", "format_pipeline_table", "render_docs"]
 
 
 # ----------------------------------------------------------------------------- the margin-monitor demo
