@@ -1,7 +1,7 @@
 """Packing and prefix sharing stay exact under data parallelism: 2 CPU processes (gloo, torchrun) with
 train.forward=packed or prefix_shared end with the weights of 1 process with the plain padded forward, for
-reward models and for DPO (reference in the loop, or precomputed); and the set-ups the engine cannot run
-(FSDP, DeepSpeed ZeRO-3, DeepSpeed with accumulation) are refused at setup.
+reward models and for DPO (reference in the loop, or precomputed). Which parallel set-ups are accepted or
+refused at setup: tests/test_fsdp.py.
 
 Each process packs only its own share of the global batch (the engine splits pairs before the step, and
 the layout is rebuilt on the device), so the gradient all-reduce sees the same per-pair terms as one
@@ -68,40 +68,6 @@ def test_two_process_packing_and_prefix_sharing_equal_one_padded(tiny_model_dir,
         assert w_one.keys() == w_two.keys()
         for name, value in w_one.items():
             torch.testing.assert_close(w_two[name], value, msg=lambda m, n=name, f=forward: f"{f} {n}: {m}")
-
-
-def fake_accelerator(kind: str, zero_stage: int | None = None, clipping: float | None = 1.0, processes: int = 2):
-    """What check_parallel reads of an Accelerator (DeepSpeed is not installed here; no GPU)."""
-    from types import SimpleNamespace
-
-    from accelerate.utils import DistributedType
-
-    plugin = (SimpleNamespace(zero_stage=zero_stage, deepspeed_config={"gradient_clipping": clipping})
-              if zero_stage is not None else None)
-    return SimpleNamespace(distributed_type=DistributedType[kind], num_processes=processes,
-                           state=SimpleNamespace(deepspeed_plugin=plugin))
-
-
-def test_parallel_refusals_and_deepspeed_micro_batch():
-    from marginkit.train.engine import TrainConfig
-    from marginkit.train.setup import check_parallel
-
-    cfg = TrainConfig(batch_size=8)
-    check_parallel(cfg, fake_accelerator("MULTI_GPU"))  # DDP: accepted
-    with pytest.raises(ValueError, match="FSDP is not supported yet"):
-        check_parallel(cfg, fake_accelerator("FSDP"))
-    with pytest.raises(ValueError, match="DeepSpeed ZeRO-3 is not supported yet"):
-        check_parallel(cfg, fake_accelerator("DEEPSPEED", zero_stage=3))
-    zero2 = fake_accelerator("DEEPSPEED", zero_stage=2)
-    check_parallel(cfg, zero2)
-    assert zero2.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4  # 8 pairs / 2
-    with pytest.raises(ValueError, match="cannot accumulate"):
-        check_parallel(TrainConfig(batch_size=8, gradient_accumulation_steps=2), zero2)
-    with pytest.raises(ValueError, match="clips at None"):
-        check_parallel(cfg, fake_accelerator("DEEPSPEED", zero_stage=2, clipping=None))
-    check_parallel(TrainConfig(batch_size=8, max_grad_norm=None), fake_accelerator("DEEPSPEED", 2, clipping=None))
-    with pytest.raises(ValueError, match="partitioned"):
-        check_parallel(TrainConfig(batch_size=8, save_every=10), zero2)
 
 
 def dpo_config(model_dir: str | Path, output_dir: str | Path, forward: str, reference: str, cache: str | Path):

@@ -97,11 +97,13 @@ def load_policy(cfg: PolicyConfig, name_or_path: str | None = None) -> tuple[nn.
     return model, tokenizer
 
 
-def save_policy(model: nn.Module, tokenizer: Any, out_dir: str | Path, settings: dict[str, Any] | None = None) -> None:
+def save_policy(model: nn.Module, tokenizer: Any, out_dir: str | Path, settings: dict[str, Any] | None = None,
+                state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Save a plain HF folder (safetensors + tokenizer) and, when given, the settings training used
     (tokenisation, padding side, loss, β, reference) in marginkit_policy.json, so `eval-dpo` scores
-    pairs exactly as training did."""
-    model.save_pretrained(out_dir, safe_serialization=True)
+    pairs exactly as training did. `state_dict`: the weights to write instead of the model's own (the full
+    weights gathered from a sharded model)."""
+    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out_dir)
     if settings is not None:
         (Path(out_dir) / POLICY_FILE).write_text(json.dumps(settings, indent=2) + "\n")

@@ -121,17 +121,19 @@ def score_batch(
 SCORER_FILE = "marginkit_scorer.json"
 
 
-def save_reward_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, scorer: dict[str, Any] | None = None) -> None:
+def save_reward_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, scorer: dict[str, Any] | None = None,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Save as a plain HF folder (safetensors + tokenizer), plus the scorer settings (template,
     truncation, padding side) in marginkit_scorer.json so `eval-rm` scores exactly as training did.
 
     With `scorer` (its "tokenize" settings and "rendering": plain, chat or mixed, see models/rm_folder.py),
     the folder is self-describing: its tokenizer's plain pair call `tok(prompt_text, response_text)`
     adds training's special tokens (checked by reloading it), the chat template is saved with it, and
-    README.md plus the scorer file's "scoring" entry give the exact plain-transformers recipe."""
+    README.md plus the scorer file's "scoring" entry give the exact plain-transformers recipe. `state_dict`:
+    the weights to write instead of the model's own (the full weights gathered from a sharded model)."""
     from marginkit.models import rm_folder
 
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     if scorer is None:
         tokenizer.save_pretrained(out_dir)
         return

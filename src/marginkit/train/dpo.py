@@ -149,8 +149,8 @@ def train_dpo(cfg: DPORunConfig, train_pairs: list[Pair] | None = None, eval_pai
         f"forward {cfg.train.forward} (attention {attention}{', compiled blocks' if cfg.train.torch_compile else ''})")
     settings = {**policy_settings("dpo", cfg), "loss": to_dict(cfg.loss), "reference": ref_record}
 
-    def save_model(path: Path) -> None:
-        save_policy(acc.unwrap_model(policy), tokenizer, path, settings)
+    def save_model(path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        save_policy(acc.unwrap_model(policy), tokenizer, path, settings, state_dict)
 
     stateful = {"loss": loss_fn, **({"margin": strategy} if strategy is not None else {})}
     # The monitor's first-step check reads the loss at h = 0 the step logs (none for reference-free SimPO).

@@ -37,6 +37,7 @@ from marginkit.train.checkpoint import (
 )
 from marginkit.train.identity import IDENTITY_FILE
 from marginkit.train.interrupt import StopSignals, TrainingInterrupted
+from marginkit.train.sharding import as_number, is_sharded
 
 __all__ = ["TrainConfig", "SFTTrainConfig", "DPOTrainConfig", "StepOutput", "NonFiniteLossError", "TrainingInterrupted",
            "Engine", "epoch_order"]
@@ -278,7 +279,7 @@ class Engine:
             for k, v in out.stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             sums["tokens"] = sums.get("tokens", 0.0) + batch["attention_mask"].sum()
-        grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm or float("inf"))
+        grad_norm = as_number(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm or float("inf")))
         if bad.item() or not torch.isfinite(torch.as_tensor(grad_norm)).item():
             self._raise_nonfinite(window, outputs, float(grad_norm))
         self.optimizer.step()
@@ -345,6 +346,10 @@ class Engine:
 
     # ---- checkpoints ----
     def save(self) -> Path | None:
+        if is_sharded(self.acc):  # refused at setup for save_every; an interrupted FSDP run keeps its model only
+            self.acc.print("no resumable checkpoint under FSDP yet (sharded checkpoints are not written): the "
+                           "final model folder is saved")
+            return None
         self.acc.wait_for_everyone()
         path = None
         if self.acc.is_main_process and self.save_model is not None:

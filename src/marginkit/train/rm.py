@@ -28,6 +28,7 @@ from marginkit.diagnostics.preflight import PreflightError, check_reward_tokens
 from marginkit.evaluate.rm_eval import reward_metrics
 from marginkit.evaluate.scorer import score_encoded
 from marginkit.margins import MarginInputs, MarginStrategy, target_margins
+from marginkit.margins.global_batch import gather_rows, world_size
 from marginkit.models.packing import compile_blocks, select_attention
 from marginkit.models.reward import is_encoder, load_reward_model, save_reward_model, score_batch
 from marginkit.models.rm_folder import rendering_of
@@ -78,9 +79,9 @@ def train_reward_model(cfg: RMRunConfig, train_pairs: list[Pair] | None = None, 
 
     rendering = rendering_of(train_pairs, tokenizer, cfg.data.tokenize.template)  # the saved tokenizer's layout
 
-    def save_model(path: Path) -> None:
+    def save_model(path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         scorer = {"tokenize": to_dict(cfg.data.tokenize), "padding_side": cfg.data.padding_side, "rendering": rendering}
-        save_reward_model(acc.unwrap_model(model), tokenizer, path, scorer)
+        save_reward_model(acc.unwrap_model(model), tokenizer, path, scorer, state_dict)
 
     # With a zero head every Δ is 0 at step 1, so the first loss must be mean softplus(m) (ln 2 for BT).
     expected_loss = "diagnostics/loss_at_zero_gap" if cfg.model.head_init == "zero" else None
@@ -125,10 +126,16 @@ def margin_snapshot(model: Any, train_set: Sequence[EncodedPair], strategy: Marg
         chosen, rejected = rewards.chunk(2)  # [2B] -> [B], [B]
         gap = chosen - rejected  # [B]
         emb_c, emb_r = hidden.chunk(2) if hidden is not None else (None, None)  # [2B, D] -> [B, D] x 2
-        m = target_margins(strategy, MarginInputs.from_batch(gap, batch, step, emb_c, emb_r))  # [B], 0 if inactive
-        targets.append(m.target_margin.float().cpu())
+        # Every process scored the whole batch; each hands the strategy its own rows, as in training, so
+        # strategies that gather the global batch (OT, β-DPO) or all-reduce it (confidence) see it once.
+        mine = _process_rows(len(gap))
+        rows = {k: batch[k][mine] for k in _PAIR_FIELDS if k in batch}
+        inputs = MarginInputs.from_batch(gap[mine], rows, step, *(e[mine] if e is not None else None for e in (emb_c, emb_r)))
+        m = target_margins(strategy, inputs)  # [b], 0 if inactive
+        both, _ = gather_rows(torch.stack([m.target_margin.float(), m.active.float()], dim=1))  # [b, 2] -> [B, 2]
+        targets.append(both[:, 0].cpu())
         gaps.append(gap.float().cpu())
-        actives.append(m.active.cpu())
+        actives.append(both[:, 1].bool().cpu())
     model.train(was_training)
     if not write or not targets:
         return None
@@ -136,6 +143,16 @@ def margin_snapshot(model: Any, train_set: Sequence[EncodedPair], strategy: Marg
     write_file_atomic(out / "margins.npz", lambda tmp: _savez(tmp, target=target, gap=gap_all, active=active))
     return plot_target_vs_learned(target, gap_all, active, out / "target_vs_learned.png",
                                   title=f"Target margin m vs learned gap Δ ({len(target)} training pairs, final model)")
+
+
+_PAIR_FIELDS = ("label_margin", "score_gap", "gold_gap", "index")  # the [B] fields MarginInputs.from_batch reads
+
+
+def _process_rows(n: int) -> slice:
+    """This process's contiguous rows of a batch of n pairs, as the engine splits them (train/engine.py _shard)."""
+    procs = world_size()
+    rank = torch.distributed.get_rank() if procs > 1 else 0
+    return slice(rank * n // procs, (rank + 1) * n // procs)
 
 
 def _savez(path: Path, **arrays: np.ndarray) -> None:

@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from marginkit.train.checkpoint import latest_checkpoint
 from marginkit.train.engine import Engine, TrainConfig
 from marginkit.train.identity import IDENTITY_FILE, check_resume_identity, run_identity
 from marginkit.train.launch import check_launch
+from marginkit.train.sharding import check_fsdp, enable_cpu_fsdp, full_state_dict
 from marginkit.train.trackers import resolve_trackers
 
 __all__ = ["make_accelerator", "check_parallel", "check_run_folder", "start_run", "load_encoded", "load_data", "make_optimizer",
@@ -65,6 +67,7 @@ def make_accelerator(train_cfg: TrainConfig) -> Accelerator:
     dl_config = DataLoaderConfiguration(split_batches=True)
     acc = Accelerator(dataloader_config=dl_config, mixed_precision=precision,
                       log_with=resolve_trackers(train_cfg.report_to) or None, project_dir=train_cfg.output_dir)
+    enable_cpu_fsdp(acc)  # a gloo run that asked for FSDP gets it, as a GPU run does (train/sharding.py)
     if train_cfg.batch_size % acc.num_processes:
         raise ValueError(f"train.batch_size={train_cfg.batch_size} must be divisible by the {acc.num_processes} "
                          "processes (it is the global micro-batch, split between them)")
@@ -73,40 +76,34 @@ def make_accelerator(train_cfg: TrainConfig) -> Accelerator:
 
 
 def check_parallel(train_cfg: TrainConfig, acc: Any) -> None:
-    """Refuse, before any work, the distributed set-ups the engine cannot run correctly (docs/speed.md, feature
-    matrix), and give DeepSpeed the per-process micro-batch (the engine builds its own data loader).
+    """Refuse, before any work, the distributed set-ups the engine cannot run correctly or that were never run
+    here (docs/speed.md, feature matrix).
 
-    - FSDP and DeepSpeed ZeRO-3 shard the parameters, but the final model, checkpoints, resume and evaluation
-      read `accelerator.unwrap_model(model)`, which then holds one process's shard.
-    - DeepSpeed steps the optimizer inside every `backward` (the engine accumulates with `no_sync`), clips
-      with its own config, and keeps optimizer states partitioned per process (the engine saves rank 0's).
+    - FSDP2 runs (train/sharding.py), with the settings `check_fsdp` refuses; its intermediate checkpoints and
+      resume are not written sharded yet, so train.save_every and train.resume_from are refused under FSDP.
+    - DeepSpeed (ZeRO-2 and ZeRO-3) is refused: it does not run on the machine the tests run on (docs/speed.md
+      says why), and the engine's accumulation (`no_sync`), clipping and rank-0 optimizer checkpoint do not
+      match what DeepSpeed does inside `backward`. Use FSDP2 (configs/accelerate/fsdp.yaml) for sharding.
     """
     check_launch(acc.num_processes)  # `accelerate launch --cpu --num_processes 2` starts one (train/launch.py)
     kind = acc.distributed_type
-    plugin = getattr(acc.state, "deepspeed_plugin", None)
-    stage = getattr(plugin, "zero_stage", None) if kind == DistributedType.DEEPSPEED else None
-    if kind == DistributedType.FSDP or stage == 3:
-        what = "FSDP" if kind == DistributedType.FSDP else "DeepSpeed ZeRO-3"
-        raise ValueError(f"{what} is not supported yet: it shards the parameters, and the final model, checkpoints, "
-                         "resume and evaluation read the unwrapped model, which would hold one shard. Use DDP "
-                         "(configs/accelerate/ddp.yaml) or DeepSpeed ZeRO-2 (configs/accelerate/zero2.yaml)")
-    if kind != DistributedType.DEEPSPEED:
+    if kind == DistributedType.DEEPSPEED:
+        plugin = getattr(acc.state, "deepspeed_plugin", None)
+        stage = getattr(plugin, "zero_stage", None)
+        raise ValueError(f"DeepSpeed ZeRO-{stage} is not supported: marginkit's engine accumulates with no_sync, "
+                         "clips itself and checkpoints rank 0's optimizer, while DeepSpeed steps and clips inside "
+                         "backward and partitions the optimizer states, and DeepSpeed cannot be run on the "
+                         "machine that tests marginkit (no GPU, CPU build of torch: docs/speed.md), so this path "
+                         "has never run. Shard with FSDP2 instead: accelerate launch --config_file "
+                         "configs/accelerate/fsdp.yaml ...")
+    if kind != DistributedType.FSDP:
         return
-    if train_cfg.gradient_accumulation_steps != 1:
-        raise ValueError(f"train.gradient_accumulation_steps={train_cfg.gradient_accumulation_steps} under DeepSpeed: "
-                         "DeepSpeed steps the optimizer at every backward, so the engine cannot accumulate. Use 1 and "
-                         "raise train.batch_size, or use DDP")
-    clip = plugin.deepspeed_config.get("gradient_clipping")
-    clip = None if clip in (None, "auto", 0, 0.0) else float(clip)
-    if clip != train_cfg.max_grad_norm:
-        raise ValueError(f"train.max_grad_norm={train_cfg.max_grad_norm} but the DeepSpeed config clips at {clip}: "
-                         "DeepSpeed does the clipping. Set gradient_clipping in the DeepSpeed config to the same value "
-                         "(configs/accelerate/zero2.yaml has 1.0) or train.max_grad_norm=null")
+    check_fsdp(train_cfg, acc)
     if train_cfg.save_every or train_cfg.resume_from:
-        raise ValueError("train.save_every / train.resume_from under DeepSpeed: the optimizer states are partitioned "
-                         "per process and the engine's checkpoint holds rank 0's only, so resume would be wrong. "
-                         "Train without intermediate checkpoints (the final model is saved), or use DDP")
-    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = train_cfg.batch_size // acc.num_processes
+        raise ValueError("train.save_every / train.resume_from under FSDP: checkpoints are not yet written sharded "
+                         "(torch.distributed.checkpoint), and the engine's checkpoint holds rank 0's optimizer "
+                         "shard only, so resume would be wrong. Train without intermediate checkpoints (the final "
+                         "model is gathered and saved), or use DDP (configs/accelerate/ddp.yaml)")
 
 
 # Written by every start before training begins (a start that failed on its data can be rerun in place);
@@ -349,14 +346,19 @@ def policy_settings(stage: str, cfg: Any) -> dict[str, Any]:
             "logprob_chunk_size": cfg.model.logprob_chunk_size}
 
 
-def finish_run(acc: Accelerator, out: Path, save_model: Callable[[Path], None], engine: Engine | None = None) -> Path:
+def finish_run(acc: Accelerator, out: Path, save_model: Callable[..., None], engine: Engine | None = None,
+               model: Any = None) -> Path:
     """Save the final model to `out/model` from the main process, wait for every process, end the trackers.
     The folder is written beside its final name and renamed into place (`write_dir_atomic`): a failed save
     (a full disk) leaves the previous model folder, or none, never half of one. When `engine` stopped on a
-    signal, raise its TrainingInterrupted once the model is saved."""
+    signal, raise its TrainingInterrupted once the model is saved. Under FSDP every process first gathers the
+    full weights of `model` (default: the engine's) and `save_model(path, state_dict=...)` writes them."""
     model_dir = out / "model"
+    model = model if model is not None else (engine.model if engine is not None else None)
+    state = full_state_dict(acc, model) if model is not None else None  # a collective under FSDP
+    write = save_model if state is None else partial(save_model, state_dict=state)
     if acc.is_main_process:
-        write_dir_atomic(model_dir, save_model)
+        write_dir_atomic(model_dir, write)
     acc.wait_for_everyone()
     acc.end_training()
     if engine is not None and engine.interrupted is not None:

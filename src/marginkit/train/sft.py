@@ -102,8 +102,8 @@ def train_sft(cfg: SFTRunConfig, train_pairs: list[Pair] | None = None, eval_pai
     say(f"SFT on chosen responses: {len(train_set)} pairs, {total} steps of {cfg.train.pairs_per_step}, "
         f"{acc.num_processes} process(es), precision {acc.mixed_precision}")
 
-    def save_model(path: Path) -> None:
-        save_policy(acc.unwrap_model(model), tokenizer, path, policy_settings("sft", cfg))
+    def save_model(path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        save_policy(acc.unwrap_model(model), tokenizer, path, policy_settings("sft", cfg), state_dict)
 
     engine = Engine(cfg.train, acc, model, optimizer, scheduler, collate, save_model=save_model,
                     ids=pair_ids(train_pairs), identity=identity)

@@ -1,0 +1,83 @@
+"""Sharded data parallelism: FSDP2 (torch.distributed.fsdp.fully_shard) through Accelerate's FSDP plugin (issue 17).
+
+Accelerate does the sharding (`accelerator.prepare`: per transformer block wrapping, mixed-precision policy,
+CPU offload), the gradient sync switch under accumulation (`no_sync`), the clipping (`clip_grad_norm_`) and
+What marginkit adds:
+
+- CPU runs: Accelerate reads ACCELERATE_USE_FSDP only for GPU-like process groups (accelerate/state.py keeps
+  a gloo group MULTI_CPU), so `ACCELERATE_USE_CPU=true ACCELERATE_USE_FSDP=true torchrun ...` would train
+  plain DDP and say nothing. `enable_cpu_fsdp` gives that state the FSDP plugin the environment describes,
+  so the same Accelerate code shards on CPU (gloo) as on GPUs (tests/test_fsdp.py runs it).
+- The settings refused, each with its reason (`check_fsdp`): FSDP1, and the options no test here runs.
+- The final model: every process takes part in gathering the full state dict (`full_state_dict`, a
+  collective), then the main process writes the plain HF folder from it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+__all__ = ["fsdp_requested", "enable_cpu_fsdp", "is_sharded", "check_fsdp", "full_state_dict", "as_number"]
+
+
+def fsdp_requested(environ: Any = None) -> bool:
+    """Whether the launch asked for FSDP (`accelerate launch --config_file fsdp.yaml` sets ACCELERATE_USE_FSDP)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1", "yes")
+
+
+def enable_cpu_fsdp(acc: Accelerator) -> None:
+    """On a multi-process CPU (gloo) run that asked for FSDP, switch Accelerate's state to FSDP with the plugin
+    the FSDP_* environment describes (what Accelerate does itself on GPUs). Nothing otherwise."""
+    if acc.distributed_type != DistributedType.MULTI_CPU or not fsdp_requested():
+        return
+    acc.state.distributed_type = DistributedType.FSDP
+    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads FSDP_VERSION, FSDP_AUTO_WRAP_POLICY, ...
+    # As AcceleratorState.__init__ does: every later AcceleratorState() copies PartialState's shared state over
+    # its own, so without this the first one (inside `prepare`) turns the run back into MULTI_CPU.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def is_sharded(acc: Any) -> bool:
+    """Whether the model is sharded across processes (FSDP): its full weights exist only when gathered."""
+    return getattr(acc, "distributed_type", None) == DistributedType.FSDP
+
+
+def check_fsdp(train_cfg: Any, acc: Accelerator) -> None:
+    """Refuse, before any work, the FSDP settings the engine does not run correctly or that no test runs here
+    (docs/speed.md, feature matrix). Each error says what to use instead."""
+    plugin = acc.state.fsdp_plugin
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"FSDP version {plugin.fsdp_version}: marginkit trains with FSDP2 (fully_shard) only. Set "
+                         "fsdp_version: 2 in the Accelerate config (configs/accelerate/fsdp.yaml) or FSDP_VERSION=2")
+    if plugin.activation_checkpointing:
+        raise ValueError("fsdp_activation_checkpointing: true is not supported (untested here); set it to false and "
+                         "use model.gradient_checkpointing=true, which checkpoints every transformer block the "
+                         "same way under FSDP")
+    if train_cfg.torch_compile:
+        raise ValueError("train.torch_compile=true under FSDP: compiling blocks before fully_shard is untested "
+                         "here; train without it, or under DDP")
+
+
+def full_state_dict(acc: Accelerator, model: Any) -> dict[str, torch.Tensor] | None:
+    """The full (unsharded) state dict, on CPU, on the main process; {} on the others; None when the model is
+    not sharded (save the unwrapped model's own weights). Under FSDP a collective: every process must call it,
+    at the same point (torch.distributed.checkpoint.state_dict.get_model_state_dict with full_state_dict=True,
+    cpu_offload=True: plain tensors; `Accelerator.get_state_dict` returned DTensors here, which safetensors
+    cannot write)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if not is_sharded(acc):
+        return None
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def as_number(value: Any) -> torch.Tensor:
+    """A gradient norm as a plain tensor: under FSDP2 `clip_grad_norm_` returns a replicated DTensor."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else torch.as_tensor(value)

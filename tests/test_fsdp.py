@@ -1,0 +1,200 @@
+"""FSDP2 through Accelerate (issue 17): 2 CPU processes (gloo, torchrun) with every weight sharded train the
+tiny RM and the tiny DPO policy to the losses, metrics and final weights of 1 plain process on the same global
+batch, and the saved folder (full weights gathered on rank 0) loads in plain transformers with the same rewards.
+
+The launch is what a CPU user runs: `ACCELERATE_USE_CPU=true ACCELERATE_USE_FSDP=true FSDP_VERSION=2 ...
+torchrun --nproc_per_node 2 -m marginkit.cli train-rm ...`, the FSDP_* variables mirroring
+configs/accelerate/fsdp.yaml (per transformer block wrapping, reshard after forward, CPU-RAM-efficient
+loading). Accelerate keeps a gloo group MULTI_CPU and would ignore FSDP; train/sharding.py gives it the plugin.
+This file is also the training script, run plainly or under torchrun:
+`python tests/test_fsdp.py MODEL OUT N_PAIRS FORWARD TASK MARGIN` (TASK rm or dpo), as test_speed_ddp.py is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, for _engine_helpers when run as a script
+
+from _engine_helpers import load_weights  # noqa: E402
+from _launch import run_processes  # noqa: E402
+
+ADAM_EPS = 1e-3  # why: tests/test_ddp.py (float32 rounding noise in zero-in-exact-arithmetic gradients)
+N_PAIRS = 22  # 3 steps of 2 micro-batches of 4; the last micro-batch has 2 pairs, split 1 + 1
+# configs/accelerate/fsdp.yaml as the environment `accelerate launch` would set from it
+FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+            "FSDP_RESHARD_AFTER_FORWARD": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
+            "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT", "FSDP_OFFLOAD_PARAMS": "false"}
+
+
+def run(model_dir: Path, out: Path, forward: str, processes: int, task: str = "rm", margin: str = "none",
+        extra_env: dict[str, str] | None = None, n_pairs: int = N_PAIRS) -> Path:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **(FSDP_ENV if processes > 1 else {}),
+           **(extra_env or {})}
+    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone",
+                                          f"--nproc_per_node={processes}"]
+    cmd = [sys.executable, *launcher, __file__, str(model_dir), str(out), str(n_pairs), forward, task, margin]
+    done = run_processes(cmd, env, timeout=400)  # a hang fails with every process's stack
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    ranks = [json.loads(p.read_text()) for p in sorted(out.parent.glob(f"{out.name}.rank-*.json"))]
+    assert [r["num_processes"] for r in ranks] == [processes] * processes
+    assert {r["distributed_type"] for r in ranks} == {"FSDP" if processes > 1 else "NO"}
+    if processes > 1:
+        assert all(r["sharded_params"] > 0 and r["full_params"] == 0 for r in ranks)  # every parameter a shard
+    return out
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def assert_same_run(one: Path, two: Path, keys: tuple[str, ...]) -> None:
+    rows_one, rows_two = rows(one), rows(two)
+    assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == [1, 2, 3]
+    for key in keys:
+        torch.testing.assert_close(torch.tensor([r[key] for r in rows_two]), torch.tensor([r[key] for r in rows_one]),
+                                   msg=lambda m, k=key: f"{k}: {m}")
+    w_one, w_two = load_weights(one / "model"), load_weights(two / "model")
+    assert w_one.keys() == w_two.keys()
+    for name, value in w_one.items():
+        torch.testing.assert_close(w_two[name], value, msg=lambda m, n=name: f"{n}: {m}")  # float32 defaults
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("forward", ["padded", "packed", "prefix_shared"])
+def test_fsdp_reward_model_equals_one_process(tiny_model_dir, word_tokenizer, tmp_path, forward):
+    from transformers import AutoModelForSequenceClassification
+
+    from _engine_helpers import make_pairs, vocab_words
+    from marginkit.data.collate import collate_pairs
+    from marginkit.data.ledger import Ledger
+    from marginkit.data.tokenize import TokenizeConfig, encode_pairs
+
+    margin = "ot"  # a batch-statistic margin: 2 processes must gather the global batch to match 1
+    one = run(tiny_model_dir, tmp_path / "one", "padded", 1, margin=margin)
+    two = run(tiny_model_dir, tmp_path / "two", forward, 2, margin=margin)
+    assert_same_run(one, two, ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                               "target_margins/mean", "target_margins/ot_plan_entropy", "learning_rate"))
+    # the folder loads in plain transformers and scores as the 1-process folder does
+    encoded = encode_pairs(make_pairs(vocab_words(word_tokenizer), 6, seed=5), word_tokenizer, TokenizeConfig(),
+                           Ledger())
+    batch = collate_pairs(encoded, word_tokenizer.pad_token_id, "left")
+    rewards = []
+    for folder in (one / "model", two / "model"):
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        with torch.no_grad():
+            rewards.append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0])
+    torch.testing.assert_close(rewards[1], rewards[0])
+    margins_one, margins_two = (dict(__import__("numpy").load(d / "margins.npz")) for d in (one, two))
+    torch.testing.assert_close(torch.as_tensor(margins_two["target"]), torch.as_tensor(margins_one["target"]))
+
+
+@pytest.mark.slow
+def test_fsdp_dpo_with_a_reference_model_equals_one_process(tiny_model_dir, tmp_path):
+    one = run(tiny_model_dir, tmp_path / "one", "padded", 1, task="dpo")
+    two = run(tiny_model_dir, tmp_path / "two", "padded", 2, task="dpo")
+    assert_same_run(one, two, ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins"))
+
+
+def fake_accelerator(kind: str, zero_stage: int | None = None, processes: int = 2, fsdp_version: int = 2,
+                     activation_checkpointing: bool = False):
+    """What check_parallel reads of an Accelerator."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    ds = SimpleNamespace(zero_stage=zero_stage) if zero_stage is not None else None
+    fsdp = SimpleNamespace(fsdp_version=fsdp_version, activation_checkpointing=activation_checkpointing)
+    return SimpleNamespace(distributed_type=DistributedType[kind], num_processes=processes,
+                           state=SimpleNamespace(deepspeed_plugin=ds, fsdp_plugin=fsdp))
+
+
+def test_parallel_settings_accepted_and_refused():
+    from marginkit.train.engine import TrainConfig
+    from marginkit.train.setup import check_parallel
+
+    cfg = TrainConfig(batch_size=8)
+    check_parallel(cfg, fake_accelerator("MULTI_GPU"))  # DDP
+    check_parallel(cfg, fake_accelerator("FSDP"))  # FSDP2
+    with pytest.raises(ValueError, match="FSDP version 1"):
+        check_parallel(cfg, fake_accelerator("FSDP", fsdp_version=1))
+    with pytest.raises(ValueError, match="model.gradient_checkpointing=true"):
+        check_parallel(cfg, fake_accelerator("FSDP", activation_checkpointing=True))
+    with pytest.raises(ValueError, match="torch_compile"):
+        check_parallel(TrainConfig(batch_size=8, torch_compile=True), fake_accelerator("FSDP"))
+    for stage in (2, 3):
+        with pytest.raises(ValueError, match=f"DeepSpeed ZeRO-{stage} is not supported.*fsdp.yaml"):
+            check_parallel(cfg, fake_accelerator("DEEPSPEED", zero_stage=stage))
+
+
+def test_cpu_fsdp_is_enabled_only_when_asked(monkeypatch):
+    from types import SimpleNamespace
+
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    from marginkit.train.sharding import enable_cpu_fsdp
+
+    monkeypatch.setattr(PartialState, "_shared_state", {})  # enable_cpu_fsdp writes Accelerate's shared state
+    acc = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, state=SimpleNamespace())
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    enable_cpu_fsdp(acc)
+    assert not hasattr(acc.state, "fsdp_plugin")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    enable_cpu_fsdp(acc)
+    assert acc.state.distributed_type == DistributedType.FSDP and acc.state.fsdp_plugin.fsdp_version == 2
+    assert PartialState._shared_state["distributed_type"] == DistributedType.FSDP
+
+
+def main() -> None:
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+    from torch.distributed.tensor import DTensor
+    from transformers import AutoTokenizer
+    from transformers.utils import logging
+
+    from _engine_helpers import make_pairs, one_torch_thread, run_config, train, vocab_words
+    from marginkit.margins import MarginSpec
+
+    model_dir, output_dir, n_pairs, forward, task, margin = sys.argv[1:7]
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    seen: list[bool] = []  # per parameter the optimizer steps: is it a DTensor shard?
+
+    class AdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            if not seen:
+                seen.extend(isinstance(p, DTensor) for group in self.param_groups for p in group["params"])
+            return super().step(closure)
+
+    torch.optim.AdamW = lambda params, **kwargs: AdamW(params, **{**kwargs, "eps": ADAM_EPS})
+    pairs = make_pairs(vocab_words(AutoTokenizer.from_pretrained(model_dir)), int(n_pairs))
+    with one_torch_thread():
+        if task == "rm":
+            cfg = run_config(model_dir, output_dir, batch_size=4, gradient_accumulation_steps=2, padding_side="left",
+                             forward=forward, margin=MarginSpec(name=margin))
+            train(cfg, pairs)
+        else:
+            from marginkit.train.dpo import train_dpo
+            from test_speed_ddp import dpo_config
+
+            cfg = dpo_config(model_dir, output_dir, forward, "model", Path(output_dir).parent / "cache")
+            train_dpo(cfg, pairs, console=lambda _: None)
+    state = PartialState()
+    found = {"num_processes": state.num_processes, "backend": state.backend,
+             "distributed_type": AcceleratorState().distributed_type.name, "sharded_params": sum(seen),
+             "full_params": len(seen) - sum(seen)}
+    out = Path(output_dir)  # beside the run folder, not in it
+    (out.parent / f"{out.name}.rank-{state.process_index}.json").write_text(json.dumps(found))
+
+
+if __name__ == "__main__":
+    main()
