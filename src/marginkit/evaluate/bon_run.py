@@ -15,7 +15,8 @@ RMs score exactly as `eval-rm` does: the scorer settings saved with the RM (temp
 padding side), `data.tokenize.encode_pair` and `evaluate.scorer.score_encoded` (one forward per
 batch of `batch_size` pairs). Each distinct (prompt, response) is scored once (the world's policy
 repeats itself now and then), in order of length so batches carry little padding.
-Outputs in OUT: bon_results.json, bon_table.md, bon_curves.png, bon_win_rates.png.
+Outputs in OUT: bon_results.json, rows.csv.gz (one row per RM and N, study/bon_world.py), bon_table.md,
+bon_curves.png, bon_win_rates.png.
 """
 
 from __future__ import annotations
@@ -310,6 +311,10 @@ def run_bon(cfg: BonConfig, say: Callable[[str], None] = print) -> dict[str, Any
     d.update({"policy": sset.policy, "judge": judge_desc, "prompts": cfg.prompts, "samples_key": sset.key,
               "rms": rm_info, "world": asdict(world.config) if world is not None else None})
     (out / "bon_results.json").write_text(json.dumps(d, indent=2) + "\n")
+    from marginkit.study.bon_world import bon_rows
+    from marginkit.study.render import write_rows
+
+    write_rows(out / "rows.csv.gz", bon_rows(d))  # one row per (RM, N): what a study over seeds commits
     table = format_tables(d)
     (out / "bon_table.md").write_text(table + "\n")
     plot_bon_curves(d, out / "bon_curves.png")
