@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -103,6 +105,25 @@ def test_fsdp_dpo_with_a_reference_model_equals_one_process(tiny_model_dir, tmp_
     assert_same_run(one, two, ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins"))
 
 
+@pytest.mark.slow
+def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(tiny_model_dir, tmp_path):
+    """A 2-process FSDP run stopped by SIGTERM after step 1 of 3 writes a sharded checkpoint (weights and
+    optimizer states as torch.distributed.checkpoint shards); resumed on 2 FSDP processes, and on 1 plain
+    process, it ends as the uninterrupted run does: the same metrics for every step and the same weights."""
+    from marginkit.train.checkpoint import latest_checkpoint, load_trainer_state
+
+    one = run(tiny_model_dir, tmp_path / "one", "padded", 1)
+    cut = run(tiny_model_dir, tmp_path / "cut", "padded", 2, task="rm-interrupt")
+    ckpt = latest_checkpoint(cut)
+    assert ckpt.name == "step-000001" and (ckpt / "sharded" / ".metadata").is_file()
+    assert load_trainer_state(ckpt)["optimizer"] is None  # the optimizer states are in the shards
+    for processes in (2, 1):
+        again = tmp_path / f"resumed-{processes}"
+        shutil.copytree(cut, again)
+        run(tiny_model_dir, again, "padded", processes, task="rm-resume")
+        assert_same_run(one, again, ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "learning_rate"))
+
+
 def fake_accelerator(kind: str, zero_stage: int | None = None, processes: int = 2, fsdp_version: int = 2,
                      activation_checkpointing: bool = False):
     """What check_parallel reads of an Accelerator."""
@@ -163,6 +184,7 @@ def main() -> None:
 
     from _engine_helpers import make_pairs, one_torch_thread, run_config, train, vocab_words
     from marginkit.margins import MarginSpec
+    from marginkit.train.engine import Engine, TrainingInterrupted
 
     model_dir, output_dir, n_pairs, forward, task, margin = sys.argv[1:7]
     logging.set_verbosity_error()
@@ -177,11 +199,24 @@ def main() -> None:
 
     torch.optim.AdamW = lambda params, **kwargs: AdamW(params, **{**kwargs, "eps": ADAM_EPS})
     pairs = make_pairs(vocab_words(AutoTokenizer.from_pretrained(model_dir)), int(n_pairs))
+    if task == "rm-interrupt":  # SIGTERM to the last process only, after optimizer step 1 of 3 (mid-epoch)
+        monitor, last = Engine._monitor, int(os.environ.get("WORLD_SIZE", "1")) - 1
+
+        def hook(self, step_sums):
+            if self.step == 1 and int(os.environ.get("RANK", "0")) == last:
+                signal.raise_signal(signal.SIGTERM)
+            return monitor(self, step_sums)
+
+        Engine._monitor = hook
     with one_torch_thread():
-        if task == "rm":
+        if task.startswith("rm"):
             cfg = run_config(model_dir, output_dir, batch_size=4, gradient_accumulation_steps=2, padding_side="left",
-                             forward=forward, margin=MarginSpec(name=margin))
-            train(cfg, pairs)
+                             forward=forward, margin=MarginSpec(name=margin),
+                             resume_from="latest" if task == "rm-resume" else None)
+            try:
+                train(cfg, pairs)
+            except TrainingInterrupted:
+                assert task == "rm-interrupt"
         else:
             from marginkit.train.dpo import train_dpo
             from test_speed_ddp import dpo_config

@@ -3,6 +3,8 @@
 Layout of `<output_dir>/checkpoints/step-000040/`:
     model/               plain Hugging Face folder (from_pretrained works)
     trainer_state.pt     optimizer, scheduler, RNG states, position in the data, strategy states, run identity
+    sharded/             FSDP runs only: weights and optimizer states as torch.distributed.checkpoint shards
+                         (train/sharding.py), which trainer_state.pt then does not hold
     run_identity.json    the settings that change the result (train/identity.py), read before a resume
 """
 
@@ -36,9 +38,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(directory: Path, save_model: Any, trainer_state: dict[str, Any], keep: int = 2,
-                    files: dict[str, str] | None = None) -> Path:
+                    files: dict[str, str] | None = None, folders: dict[str, Path] | None = None) -> Path:
     """Write `directory` atomically. `save_model(path)` writes the HF model folder; `files` maps a file name
-    to its text (the run identity, train/identity.py). Keeps the newest `keep`."""
+    to its text (the run identity, train/identity.py); `folders` maps a name to a folder already written
+    (the shards every process wrote), moved in. Keeps the newest `keep`."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
@@ -48,6 +51,8 @@ def save_checkpoint(directory: Path, save_model: Any, trainer_state: dict[str, A
     torch.save(trainer_state, tmp / "trainer_state.pt")
     for name, text in (files or {}).items():
         (tmp / name).write_text(text)
+    for name, folder in (folders or {}).items():
+        os.replace(folder, tmp / name)
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)

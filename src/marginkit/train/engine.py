@@ -13,10 +13,12 @@ import contextlib
 import itertools
 import json
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +39,14 @@ from marginkit.train.checkpoint import (
 )
 from marginkit.train.identity import IDENTITY_FILE
 from marginkit.train.interrupt import StopSignals, TrainingInterrupted
-from marginkit.train.sharding import as_number, is_sharded
+from marginkit.train.sharding import (
+    SHARDED_DIR,
+    as_number,
+    full_state_dict,
+    is_sharded,
+    load_sharded,
+    save_sharded,
+)
 
 __all__ = ["TrainConfig", "SFTTrainConfig", "DPOTrainConfig", "StepOutput", "NonFiniteLossError", "TrainingInterrupted",
            "Engine", "epoch_order"]
@@ -346,38 +355,52 @@ class Engine:
 
     # ---- checkpoints ----
     def save(self) -> Path | None:
-        if is_sharded(self.acc):  # refused at setup for save_every; an interrupted FSDP run keeps its model only
-            self.acc.print("no resumable checkpoint under FSDP yet (sharded checkpoints are not written): the "
-                           "final model folder is saved")
+        """Write a resumable checkpoint (train/checkpoint.py). Every process calls it: under FSDP each writes
+        its weight and optimizer shards (train/sharding.py) and takes part in gathering the model folder's
+        full weights; the main process writes the rest and renames the folder into place."""
+        if self.save_model is None:
             return None
         self.acc.wait_for_everyone()
+        directory = self.out / "checkpoints" / f"step-{self.step:06d}"
+        weights = full_state_dict(self.acc, self.model)  # None unless sharded; a collective under FSDP
+        write_model = self.save_model if weights is None else partial(self.save_model, state_dict=weights)
+        folders = {}
+        if is_sharded(self.acc):
+            shards = directory.with_name(directory.name + ".shards.tmp")  # ".tmp": never read as a checkpoint
+            if self.acc.is_main_process and shards.exists():
+                shutil.rmtree(shards)  # left by a save that crashed
+            self.acc.wait_for_everyone()
+            save_sharded(self.model, self.optimizer, shards)
+            self.acc.wait_for_everyone()
+            folders[SHARDED_DIR] = shards
         path = None
-        if self.acc.is_main_process and self.save_model is not None:
+        if self.acc.is_main_process:
             state = {
                 "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer": None if folders else self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(), "stateful": {k: v.state_dict() for k, v in self.stateful.items()},
                 "run_identity": self.identity,
             }
             extra = {IDENTITY_FILE: json.dumps(self.identity, indent=2) + "\n"} if self.identity else {}
-            path = save_checkpoint(self.out / "checkpoints" / f"step-{self.step:06d}",
-                                   lambda p: self.save_model(p), state, keep=self.cfg.save_total_limit, files=extra)
+            path = save_checkpoint(directory, write_model, state, keep=self.cfg.save_total_limit, files=extra,
+                                   folders=folders)
         self.acc.wait_for_everyone()
-        self.last_checkpoint = path
-        return path
+        self.last_checkpoint = path if path is not None else directory
+        return self.last_checkpoint
 
     def resume(self, where: str) -> None:
         path = latest_checkpoint(self.out) if where == "latest" else Path(where)
         if path is None:
             raise FileNotFoundError(f"train.resume_from=latest but {self.out}/checkpoints has no checkpoint")
         state = load_trainer_state(path)
-        inner = self.acc.unwrap_model(self.model)
-        weights = _checkpoint_weights(inner, path / "model")
-        # strict=False only because tied weights are saved once; anything unexpected is an error.
-        result = inner.load_state_dict(weights, strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"checkpoint {path} does not match the model: unexpected {result.unexpected_keys[:5]}")
-        self.optimizer.load_state_dict(state["optimizer"])
+        if (path / SHARDED_DIR).is_dir():  # written by an FSDP run: resharded onto this run's processes
+            load_sharded(self.model, self.optimizer, path / SHARDED_DIR)
+        elif is_sharded(self.acc):
+            raise ValueError(f"{path} was written by a run without FSDP (no {SHARDED_DIR}/ folder): its optimizer "
+                             "state is one process's full copy, which FSDP cannot shard. Resume it without FSDP "
+                             "(DDP or one process)")
+        else:
+            self._load_full(path, state)
         self.scheduler.load_state_dict(state["scheduler"])
         for k, obj in self.stateful.items():
             if k == "monitor" and k not in state["stateful"]:  # a checkpoint from before the monitor existed
@@ -390,6 +413,16 @@ class Engine:
         if self.step == 0 and self.batches_done == 0:
             return
         self.acc.print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batches_done})")
+
+    def _load_full(self, path: Path, state: dict[str, Any]) -> None:
+        """Weights from the checkpoint's model folder, optimizer state from trainer_state.pt (DDP, 1 process)."""
+        inner = self.acc.unwrap_model(self.model)
+        weights = _checkpoint_weights(inner, path / "model")
+        # strict=False only because tied weights are saved once; anything unexpected is an error.
+        result = inner.load_state_dict(weights, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"checkpoint {path} does not match the model: unexpected {result.unexpected_keys[:5]}")
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def _truncate_metrics(self) -> None:
         """Drop the metrics rows written after the checkpoint's step (the steps the resumed run trains again),

@@ -79,8 +79,8 @@ def check_parallel(train_cfg: TrainConfig, acc: Any) -> None:
     """Refuse, before any work, the distributed set-ups the engine cannot run correctly or that were never run
     here (docs/speed.md, feature matrix).
 
-    - FSDP2 runs (train/sharding.py), with the settings `check_fsdp` refuses; its intermediate checkpoints and
-      resume are not written sharded yet, so train.save_every and train.resume_from are refused under FSDP.
+    - FSDP2 runs (train/sharding.py), with the settings `check_fsdp` refuses; its checkpoints hold sharded
+      weights and optimizer states, which resume on any number of processes.
     - DeepSpeed (ZeRO-2 and ZeRO-3) is refused: it does not run on the machine the tests run on (docs/speed.md
       says why), and the engine's accumulation (`no_sync`), clipping and rank-0 optimizer checkpoint do not
       match what DeepSpeed does inside `backward`. Use FSDP2 (configs/accelerate/fsdp.yaml) for sharding.
@@ -99,11 +99,6 @@ def check_parallel(train_cfg: TrainConfig, acc: Any) -> None:
     if kind != DistributedType.FSDP:
         return
     check_fsdp(train_cfg, acc)
-    if train_cfg.save_every or train_cfg.resume_from:
-        raise ValueError("train.save_every / train.resume_from under FSDP: checkpoints are not yet written sharded "
-                         "(torch.distributed.checkpoint), and the engine's checkpoint holds rank 0's optimizer "
-                         "shard only, so resume would be wrong. Train without intermediate checkpoints (the final "
-                         "model is gathered and saved), or use DDP (configs/accelerate/ddp.yaml)")
 
 
 # Written by every start before training begins (a start that failed on its data can be rerun in place);

@@ -11,6 +11,9 @@ What marginkit adds:
 - The settings refused, each with its reason (`check_fsdp`): FSDP1, and the options no test here runs.
 - The final model: every process takes part in gathering the full state dict (`full_state_dict`, a
   collective), then the main process writes the plain HF folder from it.
+- Resumable checkpoints: weights and optimizer states written by every process as shards with
+  torch.distributed.checkpoint (`save_sharded`), keyed by parameter name, so `load_sharded` reshards them
+  onto any number of processes: the same, another, or one process without FSDP.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from accelerate import Accelerator
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-__all__ = ["fsdp_requested", "enable_cpu_fsdp", "is_sharded", "check_fsdp", "full_state_dict", "as_number"]
+__all__ = ["SHARDED_DIR", "fsdp_requested", "enable_cpu_fsdp", "is_sharded", "check_fsdp", "full_state_dict",
+           "as_number", "save_sharded", "load_sharded"]
+
+SHARDED_DIR = "sharded"  # a checkpoint's torch.distributed.checkpoint folder (train/checkpoint.py layout)
 
 
 def fsdp_requested(environ: Any = None) -> bool:
@@ -81,3 +87,30 @@ def full_state_dict(acc: Accelerator, model: Any) -> dict[str, torch.Tensor] | N
 def as_number(value: Any) -> torch.Tensor:
     """A gradient norm as a plain tensor: under FSDP2 `clip_grad_norm_` returns a replicated DTensor."""
     return value.full_tensor() if hasattr(value, "full_tensor") else torch.as_tensor(value)
+
+
+def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps the torch one
+
+
+def save_sharded(model: Any, optimizer: Any, folder: str | os.PathLike) -> None:
+    """Write the model's and the optimizer's state as this process's shards into `folder` (a collective under
+    torch.distributed: every process calls it; process 0 writes the metadata)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, _torch_optimizer(optimizer))
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(folder))
+
+
+def load_sharded(model: Any, optimizer: Any, folder: str | os.PathLike) -> None:
+    """Load what `save_sharded` wrote into `model` and `optimizer`, resharded to this run's processes (any
+    count; a plain model in one process reads the full tensors). A collective under torch.distributed."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    optim = _torch_optimizer(optimizer)
+    model_state, optim_state = get_state_dict(model, optim)  # the layout to fill (optimizer states initialised)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
