@@ -8,7 +8,8 @@ What marginkit adds:
   a gloo group MULTI_CPU), so `ACCELERATE_USE_CPU=true ACCELERATE_USE_FSDP=true torchrun ...` would train
   plain DDP and say nothing. `enable_cpu_fsdp` gives that state the FSDP plugin the environment describes,
   so the same Accelerate code shards on CPU (gloo) as on GPUs (tests/test_fsdp.py runs it).
-- The settings refused, each with its reason (`check_fsdp`): FSDP1, and the options no test here runs.
+- The settings refused, each with its reason (`check_fsdp`): FSDP1, and the options no test here runs (CPU
+  offload, FSDP's own activation checkpointing, torch.compile under FSDP).
 - The final model: every process takes part in gathering the full state dict (`full_state_dict`, a
   collective), then the main process writes the plain HF folder from it.
 - Resumable checkpoints: weights and optimizer states written by every process as shards with
@@ -44,7 +45,10 @@ def enable_cpu_fsdp(acc: Accelerator) -> None:
     if acc.distributed_type != DistributedType.MULTI_CPU or not fsdp_requested():
         return
     acc.state.distributed_type = DistributedType.FSDP
-    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads FSDP_VERSION, FSDP_AUTO_WRAP_POLICY, ...
+    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_VERSION, FSDP_AUTO_WRAP_POLICY, ...
+    if acc.mixed_precision != "no":  # what AcceleratorState.__init__ does for a GPU FSDP run
+        plugin.set_mixed_precision(acc.mixed_precision)
+    acc.state.fsdp_plugin = plugin
     # As AcceleratorState.__init__ does: every later AcceleratorState() copies PartialState's shared state over
     # its own, so without this the first one (inside `prepare`) turns the run back into MULTI_CPU.
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
@@ -62,6 +66,10 @@ def check_fsdp(train_cfg: Any, acc: Accelerator) -> None:
     if plugin.fsdp_version != 2:
         raise ValueError(f"FSDP version {plugin.fsdp_version}: marginkit trains with FSDP2 (fully_shard) only. Set "
                          "fsdp_version: 2 in the Accelerate config (configs/accelerate/fsdp.yaml) or FSDP_VERSION=2")
+    if _offloads(plugin):
+        raise ValueError("fsdp_offload_params: true is not supported (untested): torch's CPUOffloadPolicy pins host "
+                         "memory, which needs a GPU, and marginkit's tests run without one. Set it to false (shard "
+                         "over more processes instead), or use model.gradient_checkpointing=true to save memory")
     if plugin.activation_checkpointing:
         raise ValueError("fsdp_activation_checkpointing: true is not supported (untested here); set it to false and "
                          "use model.gradient_checkpointing=true, which checkpoints every transformer block the "
@@ -69,6 +77,12 @@ def check_fsdp(train_cfg: Any, acc: Accelerator) -> None:
     if train_cfg.torch_compile:
         raise ValueError("train.torch_compile=true under FSDP: compiling blocks before fully_shard is untested "
                          "here; train without it, or under DDP")
+
+
+def _offloads(plugin: Any) -> bool:
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    return isinstance(getattr(plugin, "cpu_offload", None), CPUOffloadPolicy)
 
 
 def full_state_dict(acc: Accelerator, model: Any) -> dict[str, torch.Tensor] | None:
