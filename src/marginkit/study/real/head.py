@@ -125,6 +125,7 @@ def tune_head(cfg: RealStudyConfig, lrs: Sequence[float] = (3e-4, 1e-3, 3e-3), e
             trial = RealStudyConfig(**{**asdict(cfg), "head_lr": lr, "head_epochs": n})
             accs = [accuracy(head_gaps(train_head(trial, xc, xr, data.train, {"name": "none"}, s)[0], *val))
                     for s in seeds]
-            rows.append({"head_lr": lr, "head_epochs": n, "val_acc": t_interval(accs)})
+            rows.append({"head_lr": lr, "head_epochs": n, "val_acc": t_interval(accs),
+                         "seed_val_accs": dict(zip(seeds, accs))})  # the raw rows docs/study_real.md commits
             say(f"{cfg.task} head lr {lr:g} epochs {n}: val acc {_ci(rows[-1]['val_acc'])}")
     return sorted(rows, key=lambda r: -r["val_acc"][0])

@@ -10,7 +10,9 @@ import numpy as np
 
 from marginkit.evaluate.stats import format_interval as _ci
 
-__all__ = ["format_real_markdown", "plot_summary"]
+ROWS = "study/real.csv.gz"  # the committed rows, relative to docs/ (study/real/rows.py)
+
+__all__ = ["format_real_markdown", "plot_summary", "render_docs", "ROWS"]
 
 
 def format_real_markdown(summary: dict[str, Any]) -> str:
@@ -73,7 +75,9 @@ def format_real_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_summary(out: Path, summary: dict[str, Any]) -> None:
+def plot_summary(out: Path, summary: dict[str, Any], accuracy_png: str = "study_accuracy.png",
+                 bon_png: str = "study_bon.png") -> None:
+    """The accuracy plot (held-out and OOD mean per variant) and, with a Best-of-N, its gold-vs-N plot, in `out`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,7 +101,7 @@ def plot_summary(out: Path, summary: dict[str, Any]) -> None:
     axes[0].invert_yaxis()
     fig.suptitle(f"{task}: margin variants vs BT (mean, 95% t-interval over seeds)")
     fig.tight_layout()
-    fig.savefig(out / "study_accuracy.png", dpi=110)
+    fig.savefig(out / accuracy_png, dpi=110)
     plt.close(fig)
     if summary["bon"]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -114,5 +118,22 @@ def plot_summary(out: Path, summary: dict[str, Any]) -> None:
             ax.set_title(title)
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "study_bon.png", dpi=110)
+        fig.savefig(out / bon_png, dpi=110)
         plt.close(fig)
+
+
+def render_docs(docs_dir: Path, plots: bool = True) -> dict[str, dict[str, str]]:
+    """study.render's renderer: docs/study_real.md's block `real-<task>` per task (the tables study.md prints),
+    `real-tune` (the head's grid) when the rows hold one,
+    and, with `plots`, docs/study/real_<task>_accuracy.png and real_<task>_bon.png, all from docs/study/real.csv.gz."""
+    from marginkit.study.real.rows import format_tune_table, study_summaries
+    from marginkit.study.render import read_rows
+
+    rows = read_rows(Path(docs_dir) / ROWS)
+    blocks = {"real-tune": format_tune_table(rows)} if any(r["kind"] == "tune" for r in rows) else {}
+    for summary in study_summaries(rows):
+        task = summary["config"]["task"]
+        blocks[f"real-{task}"] = format_real_markdown(summary)
+        if plots:
+            plot_summary(Path(docs_dir) / "study", summary, f"real_{task}_accuracy.png", f"real_{task}_bon.png")
+    return {"study_real.md": blocks}

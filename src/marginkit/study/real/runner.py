@@ -22,8 +22,10 @@ from marginkit.study.real.data import TaskData, load_sections, load_task
 from marginkit.study.real.features import FeatureCache
 from marginkit.study.real.head import accuracy, tune_head
 from marginkit.study.real.report import format_real_markdown, plot_summary
+from marginkit.study.real.rows import flat_rows
 from marginkit.study.real.runs import UNITS, RunContext
 from marginkit.study.real.summary import summarize_real
+from marginkit.study.render import write_rows
 from marginkit.threads import choose_threads, torch_threads
 
 __all__ = ["run_real_study", "task_configs", "run_tasks"]
@@ -117,6 +119,7 @@ def _run_real_study(cfg: RealStudyConfig, say: Callable[[str], None], data: Task
                    about=TASKS[cfg.task]["about"],
                    length_baseline={"test": _longer_wins(data.test), **{s.name: _longer_wins(s.pairs) for s in sections}})
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    write_rows(out / "rows.csv.gz", flat_rows(out))  # the flat rows docs/study/real.csv.gz is made of
     plot_summary(out, summary)
     md = format_real_markdown(summary)
     (out / "study.md").write_text(md)

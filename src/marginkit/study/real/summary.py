@@ -10,7 +10,7 @@ import numpy as np
 from marginkit.evaluate.accuracy import pair_outcomes
 from marginkit.evaluate.stats import t_interval
 
-__all__ = ["summarize_real", "paired_pair_bootstrap", "win_bootstrap"]
+__all__ = ["summarize_real", "paired_pair_bootstrap", "win_bootstrap", "outcome_bootstrap"]
 
 
 def paired_pair_bootstrap(rows: list[dict[str, Any]], bt_rows: list[dict[str, Any]], n_boot: int,
@@ -33,7 +33,14 @@ def win_bootstrap(gold_a: list[list[float]], gold_b: list[list[float]], n_boot: 
     """Win rate of A's picks over B's [seeds x instructions] (1 if A's gold is higher, 1/2 tie, 0 lower),
     averaged over seeds per instruction, with a percentile bootstrap over instructions."""
     a, b = np.asarray(gold_a, dtype=np.float64), np.asarray(gold_b, dtype=np.float64)
-    w = pair_outcomes(a - b).mean(0)  # [S, I] -> [I]: the accuracy rule on the difference of the picks
+    return outcome_bootstrap(pair_outcomes(a - b), n_boot, level, seed)  # the accuracy rule on the difference
+
+
+def outcome_bootstrap(outcomes: list[list[float]], n_boot: int, level: float = 0.95,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """`win_bootstrap` from the per-instruction outcomes [seeds x instructions] (1 win, 1/2 tie, 0 loss):
+    averaged over seeds per instruction, percentile bootstrap over instructions."""
+    w = np.asarray(outcomes, dtype=np.float64).mean(0)  # [S, I] -> [I]
     rng = np.random.default_rng(seed)
     reps = w[rng.integers(0, len(w), size=(n_boot, len(w)))].mean(1)
     low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
@@ -81,7 +88,11 @@ def summarize_real(rows: list[dict[str, Any]], bon: list[dict[str, Any]] | None 
                 continue
             ent[m] = [t_interval([r[m][j] for r in mine]) for j in range(len(ns))]
         bt = {r["seed"]: r for r in bon or [] if r["variant"] == "bt"}
-        for key, gold in (("win_instr", "pick_gold"), ("lc_win_instr", "pick_lc_gold")):
+        for key, gold, won in (("win_instr", "pick_gold", "win_outcomes"),
+                               ("lc_win_instr", "pick_lc_gold", "lc_win_outcomes")):
+            if name != "bt" and all(r.get(won) is not None for r in mine):  # committed rows carry the outcomes
+                ent[key] = [outcome_bootstrap([r[won][j] for r in mine], n_boot) for j in range(len(ns))]
+                continue
             ent[key] = None if name == "bt" or not all("pick_gold" in r and r["seed"] in bt for r in mine) else [
                 win_bootstrap([r[gold][j] for r in mine], [bt[r["seed"]][gold][j] for r in mine], n_boot)
                 for j in range(len(ns))]
