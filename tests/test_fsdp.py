@@ -7,7 +7,8 @@ torchrun --nproc_per_node 2 -m marginkit.cli train-rm ...`, the FSDP_* variables
 configs/accelerate/fsdp.yaml (per transformer block wrapping, reshard after forward, CPU-RAM-efficient
 loading). Accelerate keeps a gloo group MULTI_CPU and would ignore FSDP; train/sharding.py gives it the plugin.
 This file is also the training script, run plainly or under torchrun:
-`python tests/test_fsdp.py MODEL OUT N_PAIRS FORWARD TASK MARGIN` (TASK rm or dpo), as test_speed_ddp.py is.
+`python tests/test_fsdp.py MODEL OUT N_PAIRS FORWARD TASK MARGIN` (TASK rm, rm-interrupt, rm-resume, sft or dpo;
+MARGIN the RM's margin strategy, or DPO's reference source), as test_speed_ddp.py is.
 """
 
 from __future__ import annotations
@@ -99,10 +100,24 @@ def test_fsdp_reward_model_equals_one_process(tiny_model_dir, word_tokenizer, tm
 
 
 @pytest.mark.slow
-def test_fsdp_dpo_with_a_reference_model_equals_one_process(tiny_model_dir, tmp_path):
-    one = run(tiny_model_dir, tmp_path / "one", "padded", 1, task="dpo")
-    two = run(tiny_model_dir, tmp_path / "two", "padded", 2, task="dpo")
-    assert_same_run(one, two, ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins"))
+def test_fsdp_dpo_equals_one_process(tiny_model_dir, word_tokenizer, tmp_path):
+    """train-dpo under FSDP, the frozen reference sharded too (or its log-probs precomputed), with the padded,
+    packed and prefix-shared forwards, ends as 1 padded process does."""
+    from _engine_helpers import make_pairs, vocab_words
+    from marginkit.train.dpo import precompute_reference
+    from test_speed_ddp import dpo_config
+
+    one = run(tiny_model_dir, tmp_path / "one", "padded", 1, task="dpo", margin="model")
+    # the reference artefact, written once by one process where the 2-process run looks for it
+    precompute_reference(dpo_config(tiny_model_dir, tmp_path / "pre", "padded", "precomputed", tmp_path / "cache"),
+                         make_pairs(vocab_words(word_tokenizer), N_PAIRS), console=lambda _: None)
+    for forward, reference in (("padded", "model"), ("packed", "model"), ("prefix_shared", "model"),
+                               ("prefix_shared", "precomputed")):
+        two = run(tiny_model_dir, tmp_path / f"two-{forward}-{reference}", forward, 2, task="dpo", margin=reference)
+        if reference == "model":  # every reference parameter a shard
+            assert all(r["reference_sharded"] > 0 and r["reference_full"] == 0
+                       for r in (json.loads((two.parent / f"{two.name}.rank-{i}.json").read_text()) for i in range(2)))
+        assert_same_run(one, two, ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins"))
 
 
 @pytest.mark.slow
@@ -214,6 +229,7 @@ def main() -> None:
 
     from _engine_helpers import make_pairs, one_torch_thread, run_config, train, vocab_words
     from marginkit.margins import MarginSpec
+    from marginkit.models.ref_cache import ModelReference
     from marginkit.train.engine import Engine, TrainingInterrupted
 
     model_dir, output_dir, n_pairs, forward, task, margin = sys.argv[1:7]
@@ -229,6 +245,14 @@ def main() -> None:
             return super().step(closure)
 
     torch.optim.AdamW = lambda params, **kwargs: AdamW(params, **{**kwargs, "eps": ADAM_EPS})
+    reference: list[bool] = []  # per parameter of DPO's in-loop reference: is it a DTensor shard?
+    init = ModelReference.__init__
+
+    def recording_init(self, model, chunk_size=None):
+        reference.extend(isinstance(p, DTensor) for p in model.parameters())
+        init(self, model, chunk_size)
+
+    ModelReference.__init__ = recording_init
     pairs = make_pairs(vocab_words(AutoTokenizer.from_pretrained(model_dir)), int(n_pairs))
     if task == "rm-interrupt":  # SIGTERM to the last process only, after optimizer step 1 of 3 (mid-epoch)
         monitor, last = Engine._monitor, int(os.environ.get("WORLD_SIZE", "1")) - 1
@@ -263,12 +287,13 @@ def main() -> None:
             from marginkit.train.dpo import train_dpo
             from test_speed_ddp import dpo_config
 
-            cfg = dpo_config(model_dir, output_dir, forward, "model", Path(output_dir).parent / "cache")
+            cfg = dpo_config(model_dir, output_dir, forward, margin, Path(output_dir).parent / "cache")
             train_dpo(cfg, pairs, console=lambda _: None)
     state = PartialState()
     found = {"num_processes": state.num_processes, "backend": state.backend,
              "distributed_type": AcceleratorState().distributed_type.name, "sharded_params": sum(seen),
-             "full_params": len(seen) - sum(seen)}
+             "full_params": len(seen) - sum(seen), "reference_sharded": sum(reference),
+             "reference_full": len(reference) - sum(reference)}
     out = Path(output_dir)  # beside the run folder, not in it
     (out.parent / f"{out.name}.rank-{state.process_index}.json").write_text(json.dumps(found))
 

@@ -66,6 +66,7 @@ from marginkit.train.setup import (
     setup_margin,
     start_run,
 )
+from marginkit.train.sharding import is_sharded, shard_frozen
 
 __all__ = ["DPORunResult", "train_dpo", "precompute_reference", "reference_digest"]
 
@@ -95,7 +96,7 @@ def _artefact(cfg: DPORunConfig, given: str | None, digest: str, encoded: list[E
 
 
 def _references(cfg: DPORunConfig, policy: nn.Module, train_set: list[EncodedPair], eval_set: list[EncodedPair],
-                device: torch.device, say: Callable[[str], None]
+                acc: Accelerator, say: Callable[[str], None]
                 ) -> tuple[ReferenceSource, ReferenceSource | None, dict[str, Any]]:
     """The reference sources for the training and the eval pairs, and what the saved policy records."""
     source = cfg.reference_source
@@ -106,12 +107,12 @@ def _references(cfg: DPORunConfig, policy: nn.Module, train_set: list[EncodedPai
         name = cfg.reference.name_or_path or cfg.model.name_or_path
         ref = copy.deepcopy(policy) if name == cfg.model.name_or_path else load_policy(cfg.model, name)[0]
         select_attention(ref, cfg.train.forward, cfg.train.attention)  # runs the same forward layout as the policy
-        ref = ModelReference(ref.to(device), cfg.model.chunk_size)
-        say(f"reference: frozen {name} in memory")
+        ref = ModelReference(shard_frozen(acc, ref.to(acc.device)), cfg.model.chunk_size)  # sharded under FSDP
+        say(f"reference: frozen {name} in memory" + (", sharded (FSDP)" if is_sharded(acc) else ""))
         return ref, ref, {"source": "model", "name_or_path": name}
     digest, name = reference_digest(cfg, policy)
-    train_ref = CachedReference(_artefact(cfg, cfg.reference.cache, digest, train_set, "training pairs"), device)
-    eval_ref = (CachedReference(_artefact(cfg, cfg.reference.eval_cache, digest, eval_set, "eval pairs"), device)
+    train_ref = CachedReference(_artefact(cfg, cfg.reference.cache, digest, train_set, "training pairs"), acc.device)
+    eval_ref = (CachedReference(_artefact(cfg, cfg.reference.eval_cache, digest, eval_set, "eval pairs"), acc.device)
                 if eval_set else None)
     say(f"reference: precomputed log-probs of {name} (model hash {digest[:16]}); no reference model in memory")
     return train_ref, eval_ref, {"source": "precomputed", "name_or_path": name, "model_hash": digest}
@@ -136,7 +137,7 @@ def train_dpo(cfg: DPORunConfig, train_pairs: list[Pair] | None = None, eval_pai
     train_pairs, train_set, _, eval_set, ledger = load_data(cfg.data, tokenizer, train_pairs, eval_pairs, acc, out,
                                                             say)
     loss_fn = build_dpo_loss(cfg.loss, seed=cfg.train.seed)
-    reference, eval_reference, ref_record = _references(cfg, policy, train_set, eval_set, acc.device, say)
+    reference, eval_reference, ref_record = _references(cfg, policy, train_set, eval_set, acc, say)
     # ODPO's per-pair offsets come from a margin strategy (built, checked against the data, prepared)
     strategy = setup_margin(cfg, train_set, train_pairs, pad, acc.device, say) if loss_fn.uses_offset else None
     if cfg.train.torch_compile:  # after the reference copy: the frozen reference runs uncompiled

@@ -28,7 +28,7 @@ from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 __all__ = ["SHARDED_DIR", "fsdp_requested", "enable_cpu_fsdp", "is_sharded", "check_fsdp", "full_state_dict",
-           "as_number", "save_sharded", "load_sharded"]
+           "as_number", "shard_frozen", "save_sharded", "load_sharded"]
 
 SHARDED_DIR = "sharded"  # a checkpoint's torch.distributed.checkpoint folder (train/checkpoint.py layout)
 
@@ -77,6 +77,19 @@ def check_fsdp(train_cfg: Any, acc: Accelerator) -> None:
     if train_cfg.torch_compile:
         raise ValueError("train.torch_compile=true under FSDP: compiling blocks before fully_shard is untested "
                          "here; train without it, or under DDP")
+
+
+def shard_frozen(acc: Accelerator, module: Any) -> Any:
+    """A frozen model (DPO's in-loop reference) sharded as the trained one is under FSDP (Accelerate's
+    `fsdp2_prepare_model`: the same wrapping, precision and loading), else returned as is. Its forward is then a
+    collective: every process runs it the same number of times (each step's micro-batches, each evaluation)."""
+    if not is_sharded(acc):
+        return module
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return fsdp2_prepare_model(acc, module)
 
 
 def _offloads(plugin: Any) -> bool:
