@@ -48,9 +48,12 @@ import numpy as np
 
 from marginkit.data.world.lexicon import PUNCTUATION, tokenize_words
 
+# The WorldConfig these functions read (noise, rating_noise, flip_rate, annotator_noises, length_weight). Typed as
+# Any: world.py imports this module, and an import back (even under TYPE_CHECKING) would be a cycle.
+WorldConfig = Any
+
 if TYPE_CHECKING:
     from marginkit.data.schema import Pair
-    from marginkit.data.world.world import WorldConfig
 
 __all__ = [
     "LABEL_MODELS",
@@ -238,7 +241,7 @@ def _draw_length_bias(cfg: WorldConfig, gold: np.ndarray, texts: Sequence[tuple[
     return Labels(a_wins, p_a, ratings)
 
 
-LabelDraw = Callable[["WorldConfig", np.ndarray, Sequence[tuple[str, str]], np.random.Generator], Labels]
+LabelDraw = Callable[[WorldConfig, np.ndarray, Sequence[tuple[str, str]], np.random.Generator], Labels]
 
 
 @dataclass(frozen=True)
