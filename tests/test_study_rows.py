@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MINE = ["marginkit.study.real.report:render_docs", "marginkit.study.bon_world:render_docs",
         "marginkit.study.world_pipeline:render_docs"]
 T2 = 4.302653  # t_{0.975, 2}
-T1 = 12.706205  # t_{0.975, 1}
 
 
 def test_docs_tables_equal_what_the_committed_rows_give():
