@@ -32,7 +32,7 @@ __all__ = ["RenderConfig", "RENDERERS", "write_rows", "read_rows", "replace_bloc
 
 # "module:function" -> (docs_dir: Path, plots: bool) -> {doc name: {block name: markdown}}
 RENDERERS: list[str] = [
-    "marginkit.study.gap.report:render_docs",
+    "marginkit.study.margin_map.report:render_docs",
     "marginkit.study.real.report:render_docs",
     "marginkit.study.bon_world:render_docs",
     "marginkit.study.world_pipeline:render_docs",
