@@ -50,7 +50,9 @@ def run(model_dir: Path, out: Path, forward: str, processes: int, task: str = "r
     assert [r["num_processes"] for r in ranks] == [processes] * processes
     assert {r["distributed_type"] for r in ranks} == {"FSDP" if processes > 1 else "NO"}
     if processes > 1:
-        assert all(r["sharded_params"] > 0 and r["full_params"] == 0 for r in ranks)  # every parameter a shard
+        kind = "reference" if task == "precompute" else "sharded"  # precompute-ref trains nothing
+        assert all(r[f"{kind}_sharded" if kind == "reference" else "sharded_params"] > 0 for r in ranks)
+        assert all(r["reference_full" if kind == "reference" else "full_params"] == 0 for r in ranks)  # all shards
     return out
 
 
@@ -103,6 +105,8 @@ def test_fsdp_reward_model_equals_one_process(tiny_model_dir, word_tokenizer, tm
 def test_fsdp_dpo_equals_one_process(tiny_model_dir, word_tokenizer, tmp_path):
     """train-dpo under FSDP, the frozen reference sharded too (or its log-probs precomputed), with the padded,
     packed and prefix-shared forwards, ends as 1 padded process does."""
+    from safetensors.torch import load_file
+
     from _engine_helpers import make_pairs, vocab_words
     from marginkit.train.dpo import precompute_reference
     from test_speed_ddp import dpo_config
@@ -111,6 +115,12 @@ def test_fsdp_dpo_equals_one_process(tiny_model_dir, word_tokenizer, tmp_path):
     # the reference artefact, written once by one process where the 2-process run looks for it
     precompute_reference(dpo_config(tiny_model_dir, tmp_path / "pre", "padded", "precomputed", tmp_path / "cache"),
                          make_pairs(vocab_words(word_tokenizer), N_PAIRS), console=lambda _: None)
+    # precompute-ref itself sharded: 2 FSDP processes write the artefact of 1
+    sharded = run(tiny_model_dir, tmp_path / "pre-2", "padded", 2, task="precompute")
+    (mine,), (theirs,) = ((d / "ref_logps").glob("*.safetensors") for d in (tmp_path / "cache", sharded / "cache"))
+    assert mine.name == theirs.name  # same model and data hashes
+    for key, value in load_file(str(mine)).items():
+        torch.testing.assert_close(load_file(str(theirs))[key], value, msg=lambda m, k=key: f"{k}: {m}")
     for forward, reference in (("padded", "model"), ("packed", "model"), ("prefix_shared", "model"),
                                ("prefix_shared", "precomputed")):
         two = run(tiny_model_dir, tmp_path / f"two-{forward}-{reference}", forward, 2, task="dpo", margin=reference)
@@ -272,6 +282,21 @@ def main() -> None:
                 train(cfg, pairs)
             except TrainingInterrupted:
                 assert task == "rm-interrupt"
+        elif task == "precompute":
+            import marginkit.train.dpo as dpo_module
+            from marginkit.train.dpo import precompute_reference
+            from test_speed_ddp import dpo_config
+
+            compute = dpo_module.compute_ref_logps
+
+            def recording_compute(model, *args, **kwargs):
+                reference.extend(isinstance(p, DTensor) for p in model.parameters())
+                return compute(model, *args, **kwargs)
+
+            dpo_module.compute_ref_logps = recording_compute
+
+            cfg = dpo_config(model_dir, output_dir, forward, "precomputed", Path(output_dir) / "cache")
+            precompute_reference(cfg, pairs, console=lambda _: None)
         elif task == "sft":
             from marginkit.config import SFTRunConfig
             from marginkit.configlib import from_dict

@@ -186,14 +186,18 @@ def precompute_reference(cfg: DPORunConfig, train_pairs: list[Pair] | None = Non
     tokenizer.padding_side = cfg.data.padding_side
     digest, name = model_hash(ref), cfg.reference.name_or_path or cfg.model.name_or_path
     _, train_set, _, eval_set, _ = load_encoded(cfg.data, tokenizer, train_pairs, eval_pairs)
-    ref.to(acc.device)
+    # Under FSDP the reference is sharded and its forward is a collective: every process runs every batch (and
+    # gathers each layer's weights), the main process writes. Otherwise the main process alone computes.
+    ref = shard_frozen(acc, ref.to(acc.device))
     written: dict[str, Path] = {}
     for split, encoded, given in (("train", train_set, cfg.reference.cache), ("eval", eval_set, cfg.reference.eval_cache)):
-        if not encoded or not acc.is_main_process:
+        if not encoded or not (acc.is_main_process or is_sharded(acc)):
             continue
         table = compute_ref_logps(ref, encoded, tokenizer.pad_token_id, cfg.data.padding_side,
                                   cfg.reference.batch_size, acc.device, cfg.model.chunk_size, acc.autocast,
-                                  progress=cfg.train.progress_bar)
+                                  progress=cfg.train.progress_bar and acc.is_main_process)
+        if not acc.is_main_process:
+            continue
         path = Path(given) if given else cache_path(cfg.data.resolved_cache_dir(), digest, data_hash(encoded))
         meta = {"model_hash": digest, "data_hash": data_hash(encoded), "model": name,
                 "precision": acc.mixed_precision, "dtype": cfg.model.dtype}
