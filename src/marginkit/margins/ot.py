@@ -118,7 +118,7 @@ class OTMarginConfig:
     margin_from: Literal["transport_cost", "diagonal_mass"] = field(
         default="transport_cost", metadata={"help": "How m_i is read from the plan T: transport_cost "
                                             "(1 - B sum_j T_ij C_ij) or diagonal_mass (B T_ii); both in [0, 1]."})
-    scale: float = field(default=2.0, metadata={"help": "λ >= 0: m_i = λ h_i with h_i in [0, 1]; 0 gives plain BT. 2 was best on validation in docs/study_margins.md (label noise 0.5)."})
+    scale: float = field(default=2.0, metadata={"help": "λ >= 0: m_i = λ h_i with h_i in [0, 1]; 0 gives plain BT. 2 is the default (chosen on validation by an earlier world study whose rows were not kept; docs/study_margins.md measures ot-2 across the margin map)."})
     min_margin: float | None = field(default=None, metadata={"help": "Lower clip of m (None: no clip)."})
     max_margin: float | None = field(default=None, metadata={"help": "Upper clip of m (None: no clip)."})
     warmup_steps: int = field(
