@@ -131,9 +131,12 @@ def test_fsdp_dpo_equals_one_process(tiny_model_dir, word_tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_sft_equals_one_process(tiny_model_dir, tmp_path):
+def test_fsdp_sft_with_gradient_checkpointing_equals_one_process(tiny_model_dir, tmp_path):
+    """train-sft under FSDP with model.gradient_checkpointing=true (transformers' per-block checkpointing, the
+    memory saver the FSDP setup points to) ends as 1 plain process does."""
     one = run(tiny_model_dir, tmp_path / "sft-one", "padded", 1, task="sft")
-    two = run(tiny_model_dir, tmp_path / "sft-two", "padded", 2, task="sft")
+    two = run(tiny_model_dir, tmp_path / "sft-two", "padded", 2, task="sft",
+              extra_env={"MARGINKIT_TEST_GRADIENT_CHECKPOINTING": "1"})
     assert_same_run(one, two, ("loss", "grad_norm", "learning_rate"))
 
 
@@ -207,6 +210,19 @@ def test_parallel_settings_accepted_and_refused():
     for stage in (2, 3):
         with pytest.raises(ValueError, match=f"DeepSpeed ZeRO-{stage} is not supported.*fsdp.yaml"):
             check_parallel(cfg, fake_accelerator("DEEPSPEED", zero_stage=stage))
+
+
+def test_speed_doc_matrices_have_no_cell_accepted_but_not_run():
+    """docs/speed.md: every cell of the process-layout matrix and every FSDP setting is tested or refused."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "speed.md").read_text()
+    section = text[text.index("## More than one GPU"):text.index("### DeepSpeed")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| FSDP setting")
+            and "|---" not in line and not line.startswith("| | ")]
+    assert len(rows) >= 15
+    for row in rows:
+        for cell in [c.strip() for c in row.strip("|").split("|")][1:]:
+            assert cell.startswith(("tested", "refused at setup", "gathered on rank 0", "weights and optimizer")), row
+    assert "accepted, not run" not in text
 
 
 def test_cpu_fsdp_is_enabled_only_when_asked(monkeypatch):
@@ -305,8 +321,9 @@ def main() -> None:
             train_cfg = {"log_every": 1, "progress_bar": False, "mixed_precision": "no", "lr_scheduler": "constant",
                          "warmup_ratio": 0.0, "learning_rate": 1e-3, "batch_size": 4, "gradient_accumulation_steps": 2,
                          "max_grad_norm": None, "output_dir": str(output_dir)}
-            cfg = from_dict(SFTRunConfig, {"model": {"name_or_path": model_dir}, "train": train_cfg,
-                                           "data": {"padding_side": "left"}})
+            checkpointing = os.environ.get("MARGINKIT_TEST_GRADIENT_CHECKPOINTING") == "1"
+            cfg = from_dict(SFTRunConfig, {"model": {"name_or_path": model_dir, "gradient_checkpointing": checkpointing},
+                                           "train": train_cfg, "data": {"padding_side": "left"}})
             train_sft(cfg, pairs, console=lambda _: None)
         else:
             from marginkit.train.dpo import train_dpo
