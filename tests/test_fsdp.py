@@ -257,6 +257,7 @@ def main() -> None:
     from marginkit.margins import MarginSpec
     from marginkit.models.ref_cache import ModelReference
     from marginkit.train.engine import Engine, TrainingInterrupted
+    from marginkit.train.launch import end_processes
 
     model_dir, output_dir, n_pairs, forward, task, margin = sys.argv[1:7]
     precision = os.environ.get("MARGINKIT_TEST_PRECISION", "no")  # train.mixed_precision of the run
@@ -338,6 +339,7 @@ def main() -> None:
              "reference_full": len(reference) - sum(reference)}
     out = Path(output_dir)  # beside the run folder, not in it
     (out.parent / f"{out.name}.rank-{state.process_index}.json").write_text(json.dumps(found))
+    end_processes()  # as the CLI does: no gloo teardown hang at exit
 
 
 if __name__ == "__main__":

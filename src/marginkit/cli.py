@@ -468,7 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = make_config(command, args)
         _check_output_parent(cfg)
-        return command.run(cfg, args)
+        code = command.run(cfg, args)
+        from marginkit.train.launch import end_processes
+
+        end_processes()  # a multi-process run: destroy the process group in order (train/launch.py)
+        return code
     except (ConfigError, DataError, PreflightError, RefCacheError, UserError) as e:
         print(f"error: {_config_spelling(e, cfg)}", file=sys.stderr)
         return 2

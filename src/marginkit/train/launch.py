@@ -18,7 +18,7 @@ from pathlib import Path
 
 from marginkit.errors import UserError
 
-__all__ = ["requested_processes", "parent_argv", "check_launch"]
+__all__ = ["requested_processes", "parent_argv", "check_launch", "end_processes"]
 
 _ENV_COUNTS = ("WORLD_SIZE", "ACCELERATE_NUM_PROCESSES")  # set by torchrun / some launchers
 
@@ -73,3 +73,21 @@ def check_launch(num_processes: int, environ: Mapping[str, str] | None = None,
         f"starts several only through MPI). For {n} CPU processes run `ACCELERATE_USE_CPU=true torchrun "
         f"--standalone --nproc_per_node {n} -m marginkit.cli ...` (gloo backend); on GPUs use `accelerate launch "
         f"--multi_gpu --num_processes {n} ...`; or drop --num_processes to train in one process")
+
+
+def end_processes() -> None:
+    """End a multi-process run in order: free the trained DDP/FSDP modules, wait for every process, destroy the
+    process group. Left to the interpreter's exit, torch frees the gloo group while a DDP Reducer still holds
+    it, in no fixed order across processes, and a rank can block for good in ProcessGroupGloo's destructor
+    joining its thread (seen with 2-process gloo runs on the 2-core test machine, py-spy --native; the
+    workaround in tests/_launch.py). Call it once the command's work is done on every process, with no
+    reference to the prepared model left; nothing happens without torch.distributed."""
+    import gc
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # the prepared modules sit in reference cycles (Accelerate, hooks): free them while all are here
+    dist.barrier()
+    dist.destroy_process_group()
