@@ -60,12 +60,20 @@ def rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
 
 
-def assert_same_run(one: Path, two: Path, keys: tuple[str, ...]) -> None:
+def assert_same_run(one: Path, two: Path, keys: tuple[str, ...], evals: bool = True) -> None:
     rows_one, rows_two = rows(one), rows(two)
     assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == [1, 2, 3]
     for key in keys:
         torch.testing.assert_close(torch.tensor([r[key] for r in rows_two]), torch.tensor([r[key] for r in rows_one]),
                                    msg=lambda m, k=key: f"{k}: {m}")
+    found = [[json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval_' in line]
+             for out in (one, two)]
+    assert len(found[0]) == len(found[1]) or not evals  # a run without eval pairs against one with them
+    for row_one, row_two in zip(*found) if evals else ():
+        for key, value in row_one.items():
+            if key.startswith("eval_") and isinstance(value, float):
+                torch.testing.assert_close(torch.tensor(row_two[key], dtype=torch.float32),
+                                           torch.tensor(value, dtype=torch.float32), msg=lambda m, k=key: f"{k}: {m}")
     w_one, w_two = load_weights(one / "model"), load_weights(two / "model")
     assert w_one.keys() == w_two.keys()
     for name, value in w_one.items():
@@ -127,7 +135,8 @@ def test_fsdp_dpo_equals_one_process(tiny_model_dir, word_tokenizer, tmp_path):
         if reference == "model":  # every reference parameter a shard
             assert all(r["reference_sharded"] > 0 and r["reference_full"] == 0
                        for r in (json.loads((two.parent / f"{two.name}.rank-{i}.json").read_text()) for i in range(2)))
-        assert_same_run(one, two, ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins"))
+        assert_same_run(one, two, ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins"),
+                        evals=reference == "model")
 
 
 @pytest.mark.slow
@@ -295,8 +304,8 @@ def main() -> None:
             cfg = run_config(model_dir, output_dir, batch_size=4, gradient_accumulation_steps=2, padding_side="left",
                              forward=forward, margin=MarginSpec(name=margin), mixed_precision=precision,
                              resume_from="latest" if task == "rm-resume" else None)
-            try:
-                train(cfg, pairs)
+            try:  # with eval pairs: the final evaluation runs the sharded model on every process
+                train(cfg, pairs, make_pairs(vocab_words(AutoTokenizer.from_pretrained(model_dir)), 6, seed=9))
             except TrainingInterrupted:
                 assert task == "rm-interrupt"
         elif task == "precompute":
@@ -331,7 +340,9 @@ def main() -> None:
             from test_speed_ddp import dpo_config
 
             cfg = dpo_config(model_dir, output_dir, forward, margin, Path(output_dir).parent / "cache")
-            train_dpo(cfg, pairs, console=lambda _: None)
+            # eval pairs with the reference in the loop: the final evaluation runs both sharded models
+            eval_pairs = make_pairs(vocab_words(AutoTokenizer.from_pretrained(model_dir)), 6, seed=9)
+            train_dpo(cfg, pairs, eval_pairs if margin == "model" else None, console=lambda _: None)
     state = PartialState()
     found = {"num_processes": state.num_processes, "backend": state.backend,
              "distributed_type": AcceleratorState().distributed_type.name, "sharded_params": sum(seen),
