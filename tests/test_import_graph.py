@@ -43,9 +43,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "report", "report.plots")),
     # Diagnostics: pure checks over detached tensors and the monitor, preflight before training.
     ("diagnostics", ("diagnostics",)),
-    # Evaluation of a trained model: the scorer, RM and DPO evaluation, Best-of-N maths, sampling.
+    # Evaluation of a trained model: the scorer, RM and DPO evaluation, Best-of-N maths, sampling; the
+    # rewards of online RL (rewards.py: the gold world, an RM folder through the scorer, or a callable).
     ("evaluation", ("evaluate.scorer", "evaluate.rm_eval", "evaluate.dpo_eval", "evaluate.bon",
-                    "evaluate.sampling")),
+                    "evaluate.sampling", "rewards")),
     # Training: the engine, the steps, the trainers, and the run configs that compose them.
     ("training", ("train", "config")),
     # Workflows that run trainings and evaluations end to end and report them: Best-of-N runs and
