@@ -21,7 +21,9 @@ def run_processes(cmd: list[str], env: dict[str, str], timeout: float = 300,
     had written all its results, the run counts as done (exit 0, the stacks kept in stderr): a known torch
     deadlock, a rank blocked in c10d::ProcessGroupGloo::~ProcessGroupGloo (std::thread::join) while its DDP
     Reducer is freed after training, seen with 2-process gloo DPO runs on this 2-core machine (py-spy --native,
-    2026-12-02). Anything else still running at the timeout fails with every process's stack."""
+    2026-12-02). The CLI and tests/test_fsdp.py's script end with `marginkit.train.launch.end_processes` (free
+    the model, barrier, destroy the group), which avoids it; older scripts still rely on this. Anything else
+    still running at the timeout fails with every process's stack."""
     env = {**env, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

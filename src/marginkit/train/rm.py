@@ -130,7 +130,8 @@ def margin_snapshot(model: Any, train_set: Sequence[EncodedPair], strategy: Marg
         # strategies that gather the global batch (OT, β-DPO) or all-reduce it (confidence) see it once.
         mine = _process_rows(len(gap))
         rows = {k: batch[k][mine] for k in _PAIR_FIELDS if k in batch}
-        inputs = MarginInputs.from_batch(gap[mine], rows, step, *(e[mine] if e is not None else None for e in (emb_c, emb_r)))
+        embeddings = (e[mine] if e is not None else None for e in (emb_c, emb_r))  # [b, D] x 2, or None
+        inputs = MarginInputs.from_batch(gap[mine], rows, step, *embeddings)
         m = target_margins(strategy, inputs)  # [b], 0 if inactive
         both, _ = gather_rows(torch.stack([m.target_margin.float(), m.active.float()], dim=1))  # [b, 2] -> [B, 2]
         targets.append(both[:, 0].cpu())

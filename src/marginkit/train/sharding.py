@@ -1,8 +1,8 @@
 """Sharded data parallelism: FSDP2 (torch.distributed.fsdp.fully_shard) through Accelerate's FSDP plugin (issue 17).
 
-Accelerate does the sharding (`accelerator.prepare`: per transformer block wrapping, mixed-precision policy,
-CPU offload), the gradient sync switch under accumulation (`no_sync`), the clipping (`clip_grad_norm_`) and
-What marginkit adds:
+Accelerate does the sharding (`accelerator.prepare`: per transformer block wrapping, mixed-precision policy),
+the gradient sync switch under accumulation (`no_sync`) and the clipping (`clip_grad_norm_`). What marginkit
+adds:
 
 - CPU runs: Accelerate reads ACCELERATE_USE_FSDP only for GPU-like process groups (accelerate/state.py keeps
   a gloo group MULTI_CPU), so `ACCELERATE_USE_CPU=true ACCELERATE_USE_FSDP=true torchrun ...` would train
@@ -14,7 +14,8 @@ What marginkit adds:
   collective), then the main process writes the plain HF folder from it.
 - Resumable checkpoints: weights and optimizer states written by every process as shards with
   torch.distributed.checkpoint (`save_sharded`), keyed by parameter name, so `load_sharded` reshards them
-  onto any number of processes: the same, another, or one process without FSDP.
+  onto this run's processes (tested: 2 FSDP processes, and 1 process without FSDP).
+- DPO's frozen reference sharded like the policy (`shard_frozen`).
 """
 
 from __future__ import annotations
