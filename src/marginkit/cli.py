@@ -7,6 +7,7 @@ config field, made by `configlib.add_config_flags`:
 
     marginkit train-rm --config run.yaml [key=value ...]
     marginkit train-sft | precompute-ref | train-dpo --config run.yaml [key=value ...]
+    marginkit train-grpo | train-rloo --config run.yaml [key=value ...]   (online RL, docs/rl.md)
     marginkit eval-rm --model DIR --data FILE [--format auto] [--out DIR]
     marginkit eval-dpo --model DIR --data FILE [--reference DIR_OR_FILE] [--out DIR]
     marginkit eval-sections --model DIR [--builtin all] [--section NAME=PATH[@FORMAT] ...]
@@ -108,6 +109,18 @@ def _train_sft(cfg: Any, args: argparse.Namespace) -> int:
     from marginkit.train.sft import train_sft
 
     return _run_training(train_sft, cfg, "saved SFT policy to")
+
+
+def _train_grpo(cfg: Any, args: argparse.Namespace) -> int:
+    from marginkit.train.rl import train_grpo
+
+    return _run_training(train_grpo, cfg, "saved policy to")
+
+
+def _train_rloo(cfg: Any, args: argparse.Namespace) -> int:
+    from marginkit.train.rl import train_rloo
+
+    return _run_training(train_rloo, cfg, "saved policy to")
 
 
 def _eval_rm_run(cfg: Any, args: argparse.Namespace) -> int:
@@ -351,6 +364,11 @@ COMMANDS: list[Command] = [  # words, config classes ("module:Class"), runner, h
     Command("train-dpo", (_DPO,), _train_dpo, "Train a policy with a DPO-family loss (docs/dpo.md).", "yaml"),
     Command("precompute-ref", (_DPO,), _precompute_ref, "Write the reference log-probs train-dpo reads with "
             "reference.source=precomputed (same config as train-dpo).", "yaml"),
+    Command("train-grpo", ("marginkit.train.rl_config:GRPORunConfig",), _train_grpo,
+            "Online RL with group-relative advantages (GRPO, Dr. GRPO) against a reward: the gold world, an RM "
+            "folder or module:function (docs/rl.md).", "yaml"),
+    Command("train-rloo", ("marginkit.train.rl_config:RLOORunConfig",), _train_rloo,
+            "Online RL with leave-one-out baselines (RLOO) and a KL penalty in the reward (docs/rl.md).", "yaml"),
     Command("eval-rm", ("marginkit.evaluate.rm_eval:EvalConfig",), _eval_rm_run,
             "Evaluate a trained reward model on pairs."),
     Command("eval-dpo", ("marginkit.evaluate.dpo_eval:DPOEvalConfig",), _eval_dpo_run,

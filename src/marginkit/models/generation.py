@@ -40,7 +40,7 @@ from marginkit.data.schema import Message, Pair
 from marginkit.data.tokenize import TokenizeConfig, encode_pair
 from marginkit.models.logprobs import position_ids_from_mask, token_logps
 
-Prompt = str | list[Message]  # a prompt text, or chat messages (rendered with the tokenizer's chat template)
+Prompt = str | Sequence[Message]  # a prompt text, or chat messages (rendered with the tokenizer's chat template)
 
 __all__ = ["Completions", "Generator", "HFGenerator", "TokenLogps", "layout_completions", "prompt_token_ids",
            "completion_logps"]

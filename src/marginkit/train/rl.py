@@ -1,0 +1,394 @@
+"""`train-grpo` and `train-rloo`: online RL of a causal LM against a reward (issue 16).
+
+Each step, in order (cleanrl's phases):
+1. rollout: P prompts (a pure function of seed and step), K completions each from the policy
+   (models/generation.py `HFGenerator`, seeded by seed and step), their rewards (rewards.py: the gold
+   world, an RM folder or a callable), and under no_grad the per-token log-probs of the sampling policy
+   ("old") and of the frozen reference;
+2. advantages: GRPO's group-relative ones or RLOO's leave-one-out ones (losses/rl.py) of the reward, minus
+   beta x the completion's summed KL when loss.kl_in=reward;
+3. optimisation: num_iterations epochs over the rollout, each split into num_minibatches optimizer steps
+   of `rl_step` (train/rl_step.py: clipped surrogate + beta x per-token KL when loss.kl_in=loss);
+4. metrics (TRL's GRPO names, docs/rl.md) and, every save_every steps, a checkpoint.
+
+A resumed run continues the same run: prompts, sampling seeds and minibatch orders are functions of
+(seed, step), and the checkpoint restores the weights, the optimizer, the schedule and the RNG states,
+so the rollouts after a resume are those of the uninterrupted run (tests/test_rl_train.py).
+
+Contract. One process (2-process DDP is not done yet: refused). Policy dropout is off (PolicyConfig's
+default), so the policy at step 0 equals its reference and KL starts at 0. Not done yet: PPO with a
+value head, the margin monitor's RL checks, SIGINT checkpoints (a killed run resumes from its last
+save_every checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from marginkit.atomic import write_dir_atomic, write_text_atomic
+from marginkit.configlib import ConfigError, flatten, to_dict
+from marginkit.losses.rl import KL_ESTIMATORS, grpo_advantages, rloo_advantages
+from marginkit.models.generation import Completions, HFGenerator, completion_logps
+from marginkit.models.policy import PolicyConfig, load_policy, save_policy
+from marginkit.rewards import load_reward
+from marginkit.train.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from marginkit.train.engine import NonFiniteLossError, epoch_order
+from marginkit.train.identity import IDENTITY_FILE, check_resume_identity
+from marginkit.train.rl_config import GRPORunConfig, RLTrainConfig
+from marginkit.train.rl_step import rl_step
+from marginkit.train.trackers import resolve_trackers
+
+__all__ = ["RLRunResult", "Rollout", "load_prompts", "step_prompts", "rl_identity", "collect_rollout", "train_rl",
+           "train_grpo", "train_rloo"]
+
+# Settings that change only where or how often things are written: not part of the run identity.
+_BOOKKEEPING = {"train.output_dir", "train.log_every", "train.save_every", "train.save_total_limit",
+                "train.resume_from", "train.resume_allow_changes", "train.overwrite", "train.report_to",
+                "train.progress_bar"}
+_RUN_OUTPUTS = ("checkpoints", "model", "metrics.jsonl", "marginkit")
+
+
+@dataclass
+class RLRunResult:
+    output_dir: Path
+    model_dir: Path
+    history: list[dict[str, Any]]
+
+
+@dataclass
+class Rollout:
+    """One rollout batch of N = P K completions, on the training device.
+
+    rewards, gold [N] float64 numpy (gold: the world's true reward, None off the world); score [N] the reward
+    the advantages read (minus the KL penalty when loss.kl_in=reward); advantages [N]; old_logps,
+    ref_logps [N, T-1] (ref None when beta = 0)."""
+
+    completions: Completions
+    batch: dict[str, torch.Tensor]  # input_ids, attention_mask, completion_mask [N, T]
+    rewards: Any
+    gold: Any
+    advantages: torch.Tensor
+    old_logps: torch.Tensor
+    ref_logps: torch.Tensor | None
+
+
+def load_prompts(cfg: GRPORunConfig) -> tuple[list[Any], bool]:
+    """(the prompt pool, whether it comes from the gold world): rollout.prompts is world:SPLIT or a JSONL file."""
+    source = cfg.rollout.prompts
+    if not source:
+        raise ConfigError("rollout.prompts is not set: give world:train (the gold world's prompts) or a JSONL file")
+    if source.startswith("world:"):
+        from marginkit.data.world import WorldConfig, make_world
+
+        split = source.split(":", 1)[1]
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"rollout.prompts={source}: the world's splits are train, val, test")
+        world = make_world(WorldConfig(seed=cfg.rollout.world_seed, n_train=1, n_val=0, n_test=0))
+        return world.sample_prompts(cfg.rollout.prompt_pool, seed=cfg.train.seed, split=split), True
+    from marginkit.evaluate.sampling import read_prompts
+
+    return [list(p) if isinstance(p, tuple) else p for p in read_prompts(source)], False
+
+
+def step_prompts(pool: Sequence[Any], per_step: int, seed: int, step: int) -> list[Any]:
+    """The P prompts of rollout step `step`: consecutive slices of the pool in a new order each pass (the
+    engine's `epoch_order`), a pure function of (seed, step)."""
+    out = []
+    for k in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(k, len(pool))
+        out.append(pool[epoch_order(len(pool), seed, epoch)[pos]])
+    return out
+
+
+def rl_identity(cfg: GRPORunConfig) -> dict[str, Any]:
+    """The run identity (train/identity.py's format): every setting but the bookkeeping ones, and their hash."""
+    import hashlib
+
+    settings = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in _BOOKKEEPING}
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    return {"hash": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(), "settings": settings}
+
+
+def _check_folder(train: RLTrainConfig, say: Callable[[str], None]) -> Path | None:
+    """The checkpoint to resume from, or None; refuses an output_dir holding another run unless overwrite."""
+    out, where = Path(train.output_dir), train.resume_from
+    if where:
+        ckpt = latest_checkpoint(out) if where == "latest" else Path(where)
+        if ckpt is None or not (ckpt / "trainer_state.pt").is_file():
+            raise ConfigError(f"train.resume_from={where}: no checkpoint there (trainer_state.pt); name a folder like "
+                              f"{out / 'checkpoints' / 'step-000010'}, or use latest")
+        return ckpt
+    found = [name for name in _RUN_OUTPUTS if (out / name).exists()]
+    if found and not train.overwrite:
+        raise ConfigError(f"train.output_dir={out} already holds a run ({', '.join(found)}): resume it with "
+                          "train.resume_from=latest, start afresh with train.overwrite=true, or choose a new output_dir")
+    for name in found:
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+    if found:
+        say(f"train.overwrite=true: removed the previous run's {', '.join(found)} from {out}")
+    return None
+
+
+def _accelerator(train: RLTrainConfig) -> Accelerator:
+    precision = train.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    acc = Accelerator(mixed_precision=precision, log_with=resolve_trackers(train.report_to) or None,
+                      project_dir=train.output_dir)
+    if acc.num_processes > 1:
+        raise ConfigError(f"train-grpo/train-rloo run on one process; {acc.num_processes} were launched (several "
+                          "processes are not done yet: issue 16)")
+    return acc
+
+
+def _load_reference(cfg: GRPORunConfig, device: torch.device) -> nn.Module | None:
+    """The frozen reference (eval mode, no grad), or None when beta = 0 (no KL term, nothing to load)."""
+    if cfg.loss.beta == 0:
+        return None
+    path = cfg.reference.name_or_path or cfg.model.name_or_path
+    ref_cfg = PolicyConfig(name_or_path=path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+    reference, _ = load_policy(ref_cfg)
+    reference.to(device).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
+
+
+@torch.no_grad()
+def collect_rollout(policy: nn.Module, reference: nn.Module | None, generator: HFGenerator, reward_fn: Callable,
+                    prompts: Sequence[Any], cfg: GRPORunConfig, advantage_fn: Callable, kl_fn: Callable, seed: int,
+                    acc: Accelerator, with_gold: bool) -> Rollout:
+    """Phases 1 and 2 of the module docstring: sample, reward, old and reference log-probs, advantages."""
+    ro = cfg.rollout
+    completions = generator.generate(prompts, ro.num_generations, ro.max_new_tokens, ro.temperature, seed)
+    prompt_of = [prompts[i] for i in completions.prompt_index.tolist()]
+    rewards = reward_fn(prompt_of, completions.texts)  # [N] float64
+    gold = None
+    if with_gold:
+        from marginkit.data.world import true_rewards
+
+        gold = true_rewards(prompt_of, completions.texts)
+    batch = {k: getattr(completions, k).to(acc.device) for k in ("input_ids", "attention_mask", "completion_mask")}
+    policy.eval()
+    with acc.autocast():
+        old = completion_logps(policy, **batch, temperature=ro.temperature, chunk_size=cfg.model.chunk_size)
+        ref = None if reference is None else completion_logps(reference, **batch, temperature=ro.temperature,
+                                                              chunk_size=cfg.model.chunk_size)
+    score = torch.as_tensor(rewards, dtype=torch.float32, device=acc.device)  # [N]
+    if ref is not None and cfg.loss.kl_in == "reward":
+        score = score - cfg.loss.beta * (kl_fn(old.logps, ref.logps) * old.mask).sum(-1)  # RLOO's penalised reward
+    advantages = advantage_fn(score.view(len(prompts), ro.num_generations)).reshape(-1)  # [P, K] -> [N]
+    return Rollout(completions, batch, rewards, gold, advantages, old.logps.float(),
+                   None if ref is None else ref.logps.float())
+
+
+def _rollout_metrics(r: Rollout, cfg: GRPORunConfig) -> dict[str, float]:
+    """Reward and completion metrics of one rollout (TRL's GRPO names)."""
+    import numpy as np
+
+    k = cfg.rollout.num_generations
+    groups = np.asarray(r.rewards).reshape(-1, k)  # [P, K]
+    lengths = r.completions.lengths.float()
+    truncated = r.completions.truncated
+    terminated = lengths[~truncated]
+    row = {"reward": float(groups.mean()), "reward_std": float(groups.std(axis=1, ddof=1).mean()),
+           "frac_reward_zero_std": float((groups.std(axis=1) == 0).mean()),
+           "completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
+           "completions/max_length": float(lengths.max()), "completions/clipped_ratio": float(truncated.float().mean()),
+           "completions/mean_terminated_length": float(terminated.mean()) if len(terminated) else 0.0}
+    if r.gold is not None:
+        gold = np.asarray(r.gold).reshape(-1, k)
+        row.update({"gold/reward": float(gold.mean()), "gold/reward_std": float(gold.std(axis=1, ddof=1).mean())})
+    return row
+
+
+def _minibatches(n: int, parts: int, seed: int, step: int, iteration: int) -> list[torch.Tensor]:
+    """The row indices of each minibatch of one epoch over a rollout: a permutation fixed by (seed, step, iteration)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + iteration)
+    return list(torch.randperm(n, generator=gen).chunk(parts))
+
+
+def _optimise(model: nn.Module, optimizer: Any, scheduler: Any, rollout: Rollout, cfg: GRPORunConfig, kl_fn: Callable,
+              step: int, acc: Accelerator) -> dict[str, float]:
+    """Phase 3: num_iterations x num_minibatches optimizer steps on the rollout; token-weighted metric means over
+    every pass, loss and grad_norm averaged over the optimizer steps."""
+    loss_cfg, n = cfg.loss, len(rollout.completions)
+    model.train()
+    sums: dict[str, float] = {}
+    losses, norms = [], []
+    for iteration in range(loss_cfg.num_iterations):
+        for idx in _minibatches(n, loss_cfg.num_minibatches, cfg.train.seed, step, iteration):
+            idx = idx.to(acc.device)
+            mb = {k: v[idx] for k, v in rollout.batch.items()}
+            mb.update(old_logps=rollout.old_logps[idx], advantages=rollout.advantages[idx])
+            if rollout.ref_logps is not None:
+                mb["ref_logps"] = rollout.ref_logps[idx]
+            with acc.autocast():
+                loss, stats = rl_step(model, mb, loss_cfg, kl_fn, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
+                                      cfg.model.chunk_size)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite RL loss ({loss.item()}) at rollout step {step + 1}, iteration "
+                                         f"{iteration}: check the rewards and the learning rate")
+            acc.backward(loss)
+            params = [p for p in model.parameters() if p.requires_grad]
+            norm = acc.clip_grad_norm_(params, cfg.train.max_grad_norm or math.inf)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            norms.append(float(norm))
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+    tokens = max(sums.pop("tokens"), 1.0)
+    row = {key: value / tokens for key, value in sums.items()}
+    row.update(loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms),
+               learning_rate=scheduler.get_last_lr()[0])
+    return row
+
+
+def _window(rows: list[dict[str, float]]) -> dict[str, float]:
+    """One logged row from the rows of a logging window: means, except min and max lengths."""
+    out = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        out[key] = min(values) if key.endswith("min_length") else max(values) if key.endswith("max_length") else (
+            sum(values) / len(values))
+    return out
+
+
+def _save(cfg: GRPORunConfig, step: int, save_model: Callable, optimizer: Any, scheduler: Any,
+          identity: dict[str, Any], out: Path) -> Path:
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+             "run_identity": identity}
+    return save_checkpoint(out / "checkpoints" / f"step-{step:06d}", save_model, state, keep=cfg.train.save_total_limit,
+                           files={IDENTITY_FILE: json.dumps(identity, indent=2) + "\n"})
+
+
+def _resume(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, metrics: Path) -> int:
+    """Weights, optimizer, schedule and RNG from a checkpoint; metrics rows after its step dropped. Returns its step."""
+    state = load_trainer_state(path)
+    weights = type(model).from_pretrained(path / "model", dtype=next(model.parameters()).dtype).state_dict()
+    result = model.load_state_dict(weights, strict=False)  # tied weights are saved once
+    if result.unexpected_keys:
+        raise ValueError(f"checkpoint {path} does not match the model: unexpected {result.unexpected_keys[:5]}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    if metrics.exists():
+        kept = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= state["step"]]
+        write_text_atomic(metrics, "".join(line + "\n" for line in kept))
+    return state["step"]
+
+
+def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: str = "grpo") -> RLRunResult:
+    """Run online RL as `cfg` says (module docstring); returns the run folder, the final policy and the rows."""
+    if not cfg.model.name_or_path:
+        raise ConfigError("model.name_or_path is not set: name the policy to train (a hub model or a folder)")
+    if not cfg.reward:
+        raise ConfigError("reward is not set: give world, a reward-model folder or module:function")
+    acc = _accelerator(cfg.train)
+    say = console if acc.is_main_process else (lambda _: None)
+    ckpt = _check_folder(cfg.train, say)
+    identity = rl_identity(cfg)
+    for line in check_resume_identity(ckpt, identity, cfg.train.resume_allow_changes) if ckpt else []:
+        say(line)
+    set_seed(cfg.train.seed)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomic(out / IDENTITY_FILE, json.dumps(identity, indent=2) + "\n")
+
+    pool, on_world = load_prompts(cfg)
+    reward_fn = load_reward(cfg.reward, acc.device)
+    model, tokenizer = load_policy(cfg.model)
+    model.to(acc.device)
+    reference = _load_reference(cfg, acc.device)
+    steps_per_rollout = cfg.loss.num_iterations * cfg.loss.num_minibatches
+    total = cfg.train.max_steps * steps_per_rollout
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
+                                  weight_decay=cfg.train.weight_decay, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2))
+    scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total),
+                              num_training_steps=total)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    inner = acc.unwrap_model(model)
+    settings = {"stage": stage, "template": cfg.rollout.template, "reward": cfg.reward}
+
+    def save_model(path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        save_policy(inner, tokenizer, path, settings, state_dict)
+
+    metrics_path = out / "metrics.jsonl"
+    start = _resume(ckpt, inner, optimizer, scheduler, metrics_path) if ckpt else 0
+    if cfg.train.report_to:
+        acc.init_trackers("marginkit", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                                               for k, v in flatten(to_dict(cfg)).items()})
+    generator = HFGenerator(inner, tokenizer, cfg.rollout.template, cfg.rollout.max_prompt_length,
+                            cfg.rollout.generation_batch_size)
+    advantage_fn = {"grpo": partial(grpo_advantages, scale_rewards=cfg.loss.scale_rewards),
+                    "rloo": rloo_advantages}[cfg.loss.advantage]
+    kl_fn = KL_ESTIMATORS[cfg.loss.kl_estimator]
+    say(f"{stage}: {len(pool)} prompts ({cfg.rollout.prompts}), reward {cfg.reward}; each step {cfg.rollout.prompts_per_step} "
+        f"prompts x {cfg.rollout.num_generations} completions, {steps_per_rollout} optimizer step(s); {total} optimizer "
+        f"steps in {cfg.train.max_steps} rollout steps; reference {'none (beta=0)' if reference is None else 'frozen'}")
+    history: list[dict[str, Any]] = []
+    window: list[dict[str, float]] = []
+    bar = tqdm(total=cfg.train.max_steps, initial=start, desc=stage, dynamic_ncols=True,
+               disable=not (cfg.train.progress_bar and acc.is_main_process))
+    for step in range(start, cfg.train.max_steps):
+        started = time.perf_counter()
+        prompts = step_prompts(pool, cfg.rollout.prompts_per_step, cfg.train.seed, step)
+        rollout = collect_rollout(model, reference, generator, reward_fn, prompts, cfg, advantage_fn, kl_fn,
+                                  seed=cfg.train.seed * 1_000_003 + step, acc=acc, with_gold=on_world)
+        rolled = time.perf_counter()
+        row = {**_rollout_metrics(rollout, cfg), **_optimise(model, optimizer, scheduler, rollout, cfg, kl_fn, step, acc)}
+        row.update({"time/rollout_seconds": rolled - started, "time/update_seconds": time.perf_counter() - rolled})
+        window.append(row)
+        bar.update(1)
+        if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.max_steps:
+            logged = {"step": step + 1, **_window(window)}
+            window = []
+            history.append(logged)
+            if acc.is_main_process:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(logged) + "\n")
+            acc.log({k: v for k, v in logged.items() if k != "step"}, step=step + 1)
+            bar.set_postfix(reward=f"{logged['reward']:.3f}")
+        if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and acc.is_main_process:
+            _save(cfg, step + 1, save_model, optimizer, scheduler, identity, out)
+    bar.close()
+    model_dir = out / "model"
+    if acc.is_main_process:
+        write_dir_atomic(model_dir, save_model)
+    acc.end_training()
+    return RLRunResult(out, model_dir, history)
+
+
+def train_grpo(cfg: GRPORunConfig, console: Callable[[str], None] = print) -> RLRunResult:
+    """`marginkit train-grpo`: `train_rl` with GRPO's defaults (GRPORunConfig)."""
+    return train_rl(cfg, console, "grpo")
+
+
+def train_rloo(cfg: GRPORunConfig, console: Callable[[str], None] = print) -> RLRunResult:
+    """`marginkit train-rloo`: `train_rl` with RLOO's defaults (RLOORunConfig)."""
+    return train_rl(cfg, console, "rloo")

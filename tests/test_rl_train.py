@@ -1,0 +1,144 @@
+"""train-grpo / train-rloo on a tiny GPT-NeoX with the gold world's vocabulary, on CPU: a few steps complete and log
+TRL's metric names; with learning rate 0 the policy and its samples are unchanged and KL = 0; a resumed run
+equals the uninterrupted one; the configs refuse what cannot work; the CLI runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from _engine_helpers import load_weights, one_torch_thread
+from marginkit.configlib import ConfigError, from_dict, load_config
+from marginkit.data.world import WorldConfig, make_world
+from marginkit.models.generation import HFGenerator
+from marginkit.models.policy import PolicyConfig, load_policy
+from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
+from marginkit.train.rl import load_prompts, step_prompts, train_grpo, train_rloo
+from marginkit.train.rl_config import GRPORunConfig, RLOORunConfig
+
+TRL_NAMES = {"reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "clip_ratio", "loss", "grad_norm",
+             "learning_rate", "completions/mean_length", "completions/min_length", "completions/max_length",
+             "completions/clipped_ratio", "completions/mean_terminated_length"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def world_lm(tmp_path_factory):
+    """A 1-layer GPT-NeoX (hidden 16) with the world's word tokenizer, randomly initialised."""
+    world = make_world(WorldConfig(seed=0, n_train=1, n_val=0, n_test=0))
+    tokenizer = build_word_tokenizer(world.vocabulary())
+    return make_tiny_model_dir(tmp_path_factory.mktemp("world_lm") / "lm", tokenizer, hidden_size=16, num_layers=1,
+                               max_positions=128, seed=0)
+
+
+def config(model_dir, out, cls=GRPORunConfig, **sections) -> GRPORunConfig:
+    base = {"model": {"name_or_path": str(model_dir)}, "reward": "world",
+            "rollout": {"prompts": "world:train", "prompt_pool": 16, "prompts_per_step": 2, "num_generations": 3,
+                        "max_new_tokens": 8},
+            "loss": {"num_iterations": 2, "num_minibatches": 2},
+            "train": {"output_dir": str(out), "max_steps": 3, "learning_rate": 1e-2, "mixed_precision": "no",
+                      "progress_bar": False, "seed": 1}}
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return from_dict(cls, base)
+
+
+def rows(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grpo_runs_a_few_steps_and_logs_trl_names(tmp_path, world_lm):
+    result = train_grpo(config(world_lm, tmp_path / "run"), console=lambda _: None)
+    logged = rows(tmp_path / "run")
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    assert TRL_NAMES <= set(logged[0])
+    assert {"gold/reward", "gold/reward_std", "time/rollout_seconds", "time/update_seconds"} <= set(logged[0])
+    for r in logged:
+        assert r["reward"] == r["gold/reward"]  # reward=world: the reward is the gold reward
+        assert 1 <= r["completions/min_length"] <= r["completions/mean_length"] <= r["completions/max_length"] <= 8
+        assert r["kl"] >= 0 and r["entropy"] > 0 and 0 <= r["clip_ratio"] <= 1
+    assert logged[-1]["kl"] > 0 and logged[-1]["clip_ratio"] > 0  # at lr 1e-2 the policy has moved and is clipped
+    model, _ = load_policy(PolicyConfig(name_or_path=str(result.model_dir)))  # a plain HF folder
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_learning_rate_zero_leaves_policy_samples_and_kl_unchanged(tmp_path, world_lm):
+    # one minibatch per rollout: the optimisation forward is the rollout's forward on the same rows and weights
+    cfg = config(world_lm, tmp_path / "run", loss={"num_iterations": 2, "num_minibatches": 1},
+                 train={"learning_rate": 0.0})
+    result = train_grpo(cfg, console=lambda _: None)
+    before, after = load_weights(world_lm), load_weights(result.model_dir)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    for r in rows(tmp_path / "run"):
+        assert r["kl"] == 0.0 and r["clip_ratio"] == 0.0
+        assert r["ratio"] == pytest.approx(1.0, abs=1e-6)
+    prompts = step_prompts(load_prompts(cfg)[0], 2, 1, 0)
+    samples = []
+    for folder in (world_lm, result.model_dir):
+        model, tok = load_policy(PolicyConfig(name_or_path=str(folder)))
+        samples.append(HFGenerator(model, tok).generate(prompts, n=3, max_new_tokens=8, temperature=1.0, seed=5))
+    assert torch.equal(samples[0].input_ids, samples[1].input_ids) and samples[0].texts == samples[1].texts
+
+
+def test_resume_equals_the_uninterrupted_run(tmp_path, world_lm):
+    full = config(world_lm, tmp_path / "full", train={"max_steps": 4, "save_every": 2})
+    train_grpo(full, console=lambda _: None)
+    resumed = config(world_lm, tmp_path / "full", train={"max_steps": 4, "save_every": 2,
+                                                         "resume_from": str(tmp_path / "full" / "checkpoints" / "step-000002")})
+    first = rows(tmp_path / "full")
+    weights = load_weights(tmp_path / "full" / "model")
+    train_grpo(resumed, console=lambda _: None)  # trains steps 3 and 4 again from the step-2 checkpoint
+    again = rows(tmp_path / "full")
+    assert [r["step"] for r in again] == [1, 2, 3, 4]
+    drop = {"time/rollout_seconds", "time/update_seconds"}
+    for a, b in zip(first, again):
+        assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+    after = load_weights(tmp_path / "full" / "model")
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+
+
+def test_rloo_runs_with_the_kl_penalty_in_the_reward(tmp_path, world_lm):
+    cfg = config(world_lm, tmp_path / "rloo", cls=RLOORunConfig, train={"max_steps": 2})
+    assert (cfg.loss.advantage, cfg.loss.kl_in, cfg.loss.kl_estimator, cfg.loss.beta) == ("rloo", "reward", "k1", 0.05)
+    train_rloo(cfg, console=lambda _: None)
+    assert [r["step"] for r in rows(tmp_path / "rloo")] == [1, 2]
+
+
+def test_a_folder_holding_a_run_is_refused(tmp_path, world_lm):
+    cfg = config(world_lm, tmp_path / "run", train={"max_steps": 1})
+    train_grpo(cfg, console=lambda _: None)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_grpo(cfg, console=lambda _: None)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.num_generations=1", "num_generations=1: must be >= 2"),
+    ("loss.num_minibatches=5", "must divide the 32 completions"),
+    ("loss.advantage=rloo", "set loss.scale_rewards=false"),
+    ("loss.beta=-1", "loss.beta=-1"),
+    ("loss.epsilon=1.5", "loss.epsilon=1.5"),
+    ("train.learning_rate=-1", "train.learning_rate=-1"),
+    ("loss.loss_type=mean", "loss.loss_type"),
+])
+def test_configs_refuse_what_cannot_work(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(GRPORunConfig, None, [override])
+
+
+def test_cli_train_grpo(tmp_path, world_lm, capsys):
+    from marginkit.cli import main
+
+    code = main(["train-grpo", f"model.name_or_path={world_lm}", "reward=world", "rollout.prompts=world:train",
+                 "rollout.prompt_pool=8", "rollout.prompts_per_step=2", "rollout.num_generations=2",
+                 "rollout.max_new_tokens=4", "train.max_steps=1", f"train.output_dir={tmp_path / 'cli'}",
+                 "train.progress_bar=false"])
+    assert code == 0
+    assert "saved policy to" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "model" / "config.json").exists()
