@@ -37,9 +37,11 @@ FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_
 
 
 def run(model_dir: Path, out: Path, forward: str, processes: int, task: str = "rm", margin: str = "none",
-        extra_env: dict[str, str] | None = None, n_pairs: int = N_PAIRS) -> Path:
+        extra_env: dict[str, str] | None = None, n_pairs: int = N_PAIRS, fsdp: bool = True) -> Path:
+    """Train with 1 plain process, or `processes` under torchrun: FSDP2 (`fsdp`), else DDP."""
+    fsdp = fsdp and processes > 1
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **(FSDP_ENV if processes > 1 else {}),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **(FSDP_ENV if fsdp else {}),
            **(extra_env or {})}
     launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone",
                                           f"--nproc_per_node={processes}"]
@@ -48,8 +50,8 @@ def run(model_dir: Path, out: Path, forward: str, processes: int, task: str = "r
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     ranks = [json.loads(p.read_text()) for p in sorted(out.parent.glob(f"{out.name}.rank-*.json"))]
     assert [r["num_processes"] for r in ranks] == [processes] * processes
-    assert {r["distributed_type"] for r in ranks} == {"FSDP" if processes > 1 else "NO"}
-    if processes > 1:
+    assert {r["distributed_type"] for r in ranks} == {"FSDP" if fsdp else "MULTI_CPU" if processes > 1 else "NO"}
+    if fsdp:
         kind = "reference" if task == "precompute" else "sharded"  # precompute-ref trains nothing
         assert all(r[f"{kind}_sharded" if kind == "reference" else "sharded_params"] > 0 for r in ranks)
         assert all(r["reference_full" if kind == "reference" else "full_params"] == 0 for r in ranks)  # all shards
@@ -170,8 +172,8 @@ def test_fsdp_bf16_stays_close_to_one_process(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(tiny_model_dir, tmp_path):
     """A 2-process FSDP run stopped by SIGTERM after step 1 of 3 writes a sharded checkpoint (weights and
-    optimizer states as torch.distributed.checkpoint shards); resumed on 2 FSDP processes, and on 1 plain
-    process, it ends as the uninterrupted run does: the same metrics for every step and the same weights."""
+    optimizer states as torch.distributed.checkpoint shards); resumed on 2 FSDP processes, on 2 DDP processes
+    and on 1 plain process, it ends as the uninterrupted run does: the same metrics and the same weights."""
     from marginkit.train.checkpoint import latest_checkpoint, load_trainer_state
 
     one = run(tiny_model_dir, tmp_path / "one", "padded", 1)
@@ -179,10 +181,10 @@ def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(tiny_model_dir, tmp_p
     ckpt = latest_checkpoint(cut)
     assert ckpt.name == "step-000001" and (ckpt / "sharded" / ".metadata").is_file()
     assert load_trainer_state(ckpt)["optimizer"] is None  # the optimizer states are in the shards
-    for processes in (2, 1):
-        again = tmp_path / f"resumed-{processes}"
+    for processes, fsdp in ((2, True), (2, False), (1, False)):
+        again = tmp_path / f"resumed-{processes}-{'fsdp' if fsdp else 'plain'}"
         shutil.copytree(cut, again)
-        run(tiny_model_dir, again, "padded", processes, task="rm-resume")
+        run(tiny_model_dir, again, "padded", processes, task="rm-resume", fsdp=fsdp)
         assert_same_run(one, again, ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "learning_rate"))
 
 

@@ -14,7 +14,7 @@ adds:
   collective), then the main process writes the plain HF folder from it.
 - Resumable checkpoints: weights and optimizer states written by every process as shards with
   torch.distributed.checkpoint (`save_sharded`), keyed by parameter name, so `load_sharded` reshards them
-  onto this run's processes (tested: 2 FSDP processes, and 1 process without FSDP).
+  onto this run's processes (tested: 2 FSDP processes, 2 DDP processes, 1 plain process).
 - DPO's frozen reference sharded like the policy (`shard_frozen`).
 """
 
