@@ -5,16 +5,19 @@ equals the uninterrupted one; the configs refuse what cannot work; the CLI runs.
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
 from _engine_helpers import load_weights, one_torch_thread
 from marginkit.configlib import ConfigError, from_dict, load_config
-from marginkit.data.world import WorldConfig, make_world
+from marginkit.data.world import WorldConfig, make_world, true_rewards
 from marginkit.models.generation import HFGenerator
 from marginkit.models.policy import PolicyConfig, load_policy
 from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
+from marginkit.train.engine import TrainingInterrupted
 from marginkit.train.rl import load_prompts, step_prompts, train_grpo, train_rloo
 from marginkit.train.rl_config import GRPORunConfig, RLOORunConfig
 
@@ -102,6 +105,36 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, world_lm):
         assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
     after = load_weights(tmp_path / "full" / "model")
     assert all(torch.equal(weights[k], after[k]) for k in weights)
+
+
+CALLS = {"n": 0, "signal_at": 0}
+
+
+def world_then_sigint(prompts, completions):
+    """The world's true reward; on call number CALLS["signal_at"], a SIGINT to this process (a Ctrl-C mid-rollout)."""
+    CALLS["n"] += 1
+    if CALLS["n"] == CALLS["signal_at"]:
+        os.kill(os.getpid(), signal.SIGINT)
+    return true_rewards(prompts, completions)
+
+
+def test_sigint_checkpoints_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path, world_lm):
+    full = train_grpo(config(world_lm, tmp_path / "full", train={"max_steps": 4}), console=lambda _: None)
+    CALLS.update(n=0, signal_at=2)  # during step 2's rollout: step 2 finishes, then the run stops
+    cut = config(world_lm, tmp_path / "cut", reward="test_rl_train:world_then_sigint", train={"max_steps": 4})
+    with pytest.raises(TrainingInterrupted, match="after optimizer step 2 of 4") as stopped:
+        train_grpo(cut, console=lambda _: None)
+    assert stopped.value.exit_code == 130 and (tmp_path / "cut" / "checkpoints" / "step-000002").is_dir()
+    CALLS.update(signal_at=0)
+    cut.train.resume_from = "latest"
+    train_grpo(cut, console=lambda _: None)
+    drop = {"time/rollout_seconds", "time/update_seconds"}
+    a, b = rows(tmp_path / "full"), rows(tmp_path / "cut")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a] == [
+        {k: v for k, v in r.items() if k not in drop} for r in b]
+    before, after = load_weights(full.model_dir), load_weights(tmp_path / "cut" / "model")
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_rloo_runs_with_the_kl_penalty_in_the_reward(tmp_path, world_lm):

@@ -17,8 +17,9 @@ so the rollouts after a resume are those of the uninterrupted run (tests/test_rl
 
 Contract. One process (2-process DDP is not done yet: refused). Policy dropout is off (PolicyConfig's
 default), so the policy at step 0 equals its reference and KL starts at 0. Not done yet: PPO with a
-value head, the margin monitor's RL checks, SIGINT checkpoints (a killed run resumes from its last
-save_every checkpoint).
+value head, the margin monitor's RL checks. SIGINT or SIGTERM finishes the current rollout step, writes a
+checkpoint and the model, and raises TrainingInterrupted (train/interrupt.py); a run killed outright
+resumes from its last save_every checkpoint.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from marginkit.train.checkpoint import (
 )
 from marginkit.train.engine import NonFiniteLossError, epoch_order
 from marginkit.train.identity import IDENTITY_FILE, check_resume_identity
+from marginkit.train.interrupt import StopSignals, TrainingInterrupted
 from marginkit.train.rl_config import GRPORunConfig, RLTrainConfig
 from marginkit.train.rl_step import rl_step
 from marginkit.train.trackers import resolve_trackers
@@ -278,7 +280,7 @@ def _window(rows: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _save(cfg: GRPORunConfig, step: int, save_model: Callable, optimizer: Any, scheduler: Any,
+def _save(cfg: GRPORunConfig, step: int, *, save_model: Callable, optimizer: Any, scheduler: Any,
           identity: dict[str, Any], out: Path) -> Path:
     state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
              "run_identity": identity}
@@ -300,6 +302,26 @@ def _resume(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, metric
         kept = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= state["step"]]
         write_text_atomic(metrics, "".join(line + "\n" for line in kept))
     return state["step"]
+
+
+@dataclass
+class _Run:
+    """What every rollout step uses, built once by `train_rl` (functions chosen at setup, never in the loop)."""
+
+    cfg: GRPORunConfig
+    acc: Accelerator
+    model: nn.Module
+    reference: nn.Module | None
+    optimizer: Any
+    scheduler: Any
+    generator: HFGenerator
+    reward_fn: Callable
+    advantage_fn: Callable
+    kl_fn: Callable
+    pool: list[Any]
+    on_world: bool
+    metrics_path: Path
+    save: Callable[[int], Path]
 
 
 def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: str = "grpo") -> RLRunResult:
@@ -343,45 +365,69 @@ def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: 
     if cfg.train.report_to:
         acc.init_trackers("marginkit", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
                                                for k, v in flatten(to_dict(cfg)).items()})
-    generator = HFGenerator(inner, tokenizer, cfg.rollout.template, cfg.rollout.max_prompt_length,
-                            cfg.rollout.generation_batch_size)
-    advantage_fn = {"grpo": partial(grpo_advantages, scale_rewards=cfg.loss.scale_rewards),
-                    "rloo": rloo_advantages}[cfg.loss.advantage]
-    kl_fn = KL_ESTIMATORS[cfg.loss.kl_estimator]
+    run = _Run(cfg, acc, model, reference, optimizer, scheduler,
+               HFGenerator(inner, tokenizer, cfg.rollout.template, cfg.rollout.max_prompt_length,
+                           cfg.rollout.generation_batch_size),
+               reward_fn, {"grpo": partial(grpo_advantages, scale_rewards=cfg.loss.scale_rewards),
+                           "rloo": rloo_advantages}[cfg.loss.advantage],
+               KL_ESTIMATORS[cfg.loss.kl_estimator], pool, on_world, metrics_path,
+               partial(_save, cfg, save_model=save_model, optimizer=optimizer, scheduler=scheduler, identity=identity,
+                       out=out))
     say(f"{stage}: {len(pool)} prompts ({cfg.rollout.prompts}), reward {cfg.reward}; each step {cfg.rollout.prompts_per_step} "
         f"prompts x {cfg.rollout.num_generations} completions, {steps_per_rollout} optimizer step(s); {total} optimizer "
         f"steps in {cfg.train.max_steps} rollout steps; reference {'none (beta=0)' if reference is None else 'frozen'}")
-    history: list[dict[str, Any]] = []
-    window: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.train.max_steps, initial=start, desc=stage, dynamic_ncols=True,
-               disable=not (cfg.train.progress_bar and acc.is_main_process))
-    for step in range(start, cfg.train.max_steps):
-        started = time.perf_counter()
-        prompts = step_prompts(pool, cfg.rollout.prompts_per_step, cfg.train.seed, step)
-        rollout = collect_rollout(model, reference, generator, reward_fn, prompts, cfg, advantage_fn, kl_fn,
-                                  seed=cfg.train.seed * 1_000_003 + step, acc=acc, with_gold=on_world)
-        rolled = time.perf_counter()
-        row = {**_rollout_metrics(rollout, cfg), **_optimise(model, optimizer, scheduler, rollout, cfg, kl_fn, step, acc)}
-        row.update({"time/rollout_seconds": rolled - started, "time/update_seconds": time.perf_counter() - rolled})
-        window.append(row)
-        bar.update(1)
-        if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.max_steps:
-            logged = {"step": step + 1, **_window(window)}
-            window = []
-            history.append(logged)
-            if acc.is_main_process:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(logged) + "\n")
-            acc.log({k: v for k, v in logged.items() if k != "step"}, step=step + 1)
-            bar.set_postfix(reward=f"{logged['reward']:.3f}")
-        if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and acc.is_main_process:
-            _save(cfg, step + 1, save_model, optimizer, scheduler, identity, out)
-    bar.close()
+    with StopSignals(announce=acc.is_main_process) as signals:
+        history = _loop(run, start, signals)
     model_dir = out / "model"
     if acc.is_main_process:
         write_dir_atomic(model_dir, save_model)
     acc.end_training()
+    if signals.received is not None and history and history[-1]["step"] < cfg.train.max_steps:
+        step = history[-1]["step"]
+        raise TrainingInterrupted(signals.received, step, cfg.train.max_steps, out / "checkpoints" / f"step-{step:06d}",
+                                  model_dir)
     return RLRunResult(out, model_dir, history)
+
+
+def _loop(run: _Run, start: int, signals: StopSignals) -> list[dict[str, Any]]:
+    """The rollout steps from `start`: rollout, optimisation, a logged row every log_every steps, a checkpoint
+    every save_every steps and, after a SIGINT/SIGTERM, one at the step where it arrived (then the loop ends)."""
+    cfg, acc = run.cfg, run.acc
+    history: list[dict[str, Any]] = []
+    window: list[dict[str, float]] = []
+    bar = tqdm(total=cfg.train.max_steps, initial=start, desc="rl", dynamic_ncols=True,
+               disable=not (cfg.train.progress_bar and acc.is_main_process))
+    for step in range(start, cfg.train.max_steps):
+        started = time.perf_counter()
+        prompts = step_prompts(run.pool, cfg.rollout.prompts_per_step, cfg.train.seed, step)
+        rollout = collect_rollout(run.model, run.reference, run.generator, run.reward_fn, prompts, cfg,
+                                  run.advantage_fn, run.kl_fn, seed=cfg.train.seed * 1_000_003 + step, acc=acc,
+                                  with_gold=run.on_world)
+        rolled = time.perf_counter()
+        row = {**_rollout_metrics(rollout, cfg),
+               **_optimise(run.model, run.optimizer, run.scheduler, rollout, cfg, run.kl_fn, step, acc)}
+        row.update({"time/rollout_seconds": rolled - started, "time/update_seconds": time.perf_counter() - rolled})
+        window.append(row)
+        bar.update(1)
+        stopping = signals.received is not None and step + 1 < cfg.train.max_steps
+        if window and (stopping or (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.max_steps):
+            history.append({"step": step + 1, **_window(window)})  # a stop writes the open window too
+            window = []
+            _write_row(history[-1], run.metrics_path, acc)
+            bar.set_postfix(reward=f"{history[-1]['reward']:.3f}")
+        if acc.is_main_process and (stopping or (cfg.train.save_every and (step + 1) % cfg.train.save_every == 0)):
+            run.save(step + 1)
+        if stopping:
+            break
+    bar.close()
+    return history
+
+
+def _write_row(row: dict[str, Any], metrics_path: Path, acc: Accelerator) -> None:
+    if acc.is_main_process:
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    acc.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
 
 def train_grpo(cfg: GRPORunConfig, console: Callable[[str], None] = print) -> RLRunResult:
