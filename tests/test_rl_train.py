@@ -11,7 +11,7 @@ import signal
 import pytest
 import torch
 
-from _engine_helpers import load_weights, one_torch_thread
+from _engine_helpers import load_weights, make_pairs, one_torch_thread, run_config, train, vocab_words
 from marginkit.configlib import ConfigError, from_dict, load_config
 from marginkit.data.world import WorldConfig, make_world, true_rewards
 from marginkit.models.generation import HFGenerator
@@ -142,6 +142,25 @@ def test_rloo_runs_with_the_kl_penalty_in_the_reward(tmp_path, world_lm):
     assert (cfg.loss.advantage, cfg.loss.kl_in, cfg.loss.kl_estimator, cfg.loss.beta) == ("rloo", "reward", "k1", 0.05)
     train_rloo(cfg, console=lambda _: None)
     assert [r["step"] for r in rows(tmp_path / "rloo")] == [1, 2]
+
+
+def test_grpo_against_an_rm_folder_logs_the_gold_reward_beside_it(tmp_path, world_lm, tiny_model_dir, word_tokenizer):
+    rm_cfg = run_config(tiny_model_dir, tmp_path / "rm", batch_size=2, max_steps=3)
+    rm_cfg.data.tokenize.max_length = 64
+    rm = train(rm_cfg, make_pairs(vocab_words(word_tokenizer), 8, seed=5)).model_dir
+    train_grpo(config(world_lm, tmp_path / "run", reward=str(rm), train={"max_steps": 2}), console=lambda _: None)
+    for r in rows(tmp_path / "run"):
+        assert r["reward"] != r["gold/reward"]  # the RM's score, with the world's true reward logged beside it
+
+
+def test_grpo_reads_prompts_from_a_jsonl_file(tmp_path, world_lm):
+    world = make_world(WorldConfig(seed=0, n_train=4, n_val=0, n_test=0))
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p.prompt}) + "\n" for p in world.train))
+    cfg = config(world_lm, tmp_path / "run", rollout={"prompts": str(path)}, train={"max_steps": 2})
+    assert load_prompts(cfg) == ([p.prompt for p in world.train], False)
+    train_grpo(cfg, console=lambda _: None)
+    assert "gold/reward" not in rows(tmp_path / "run")[0]  # prompts off the world: no gold reward
 
 
 def test_a_folder_holding_a_run_is_refused(tmp_path, world_lm):

@@ -202,8 +202,12 @@ def completion_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
     per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
     entropy = None
     if with_entropy:
-        with torch.no_grad():
-            z = logits[:, :-1].float()  # [N, T-1, V]
-            h = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)  # [N, T-1]
+        with torch.no_grad():  # one row at a time: a float32 [T-1, V] at most, never [N, T-1, V]
+            h = torch.stack([_entropy(row[:-1].float()) for row in logits])  # [N, T-1]
             entropy = torch.where(mask, h, torch.zeros_like(h))
     return TokenLogps(per_token, mask, entropy)
+
+
+def _entropy(z: torch.Tensor) -> torch.Tensor:
+    """[t] entropy of each row of logits [t, V]: logsumexp(z) - Σ softmax(z) z."""
+    return torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)

@@ -194,16 +194,27 @@ def collect_rollout(policy: nn.Module, reference: nn.Module | None, generator: H
         gold = true_rewards(prompt_of, completions.texts)
     batch = {k: getattr(completions, k).to(acc.device) for k in ("input_ids", "attention_mask", "completion_mask")}
     policy.eval()
-    with acc.autocast():
-        old = completion_logps(policy, **batch, temperature=ro.temperature, chunk_size=cfg.model.chunk_size)
-        ref = None if reference is None else completion_logps(reference, **batch, temperature=ro.temperature,
-                                                              chunk_size=cfg.model.chunk_size)
+    old_logps = _logps_in_chunks(policy, batch, cfg, acc)  # [N, T-1]
+    ref_logps = None if reference is None else _logps_in_chunks(reference, batch, cfg, acc)
     score = torch.as_tensor(rewards, dtype=torch.float32, device=acc.device)  # [N]
-    if ref is not None and cfg.loss.kl_in == "reward":
-        score = score - cfg.loss.beta * (kl_fn(old.logps, ref.logps) * old.mask).sum(-1)  # RLOO's penalised reward
+    if ref_logps is not None and cfg.loss.kl_in == "reward":
+        mask = batch["completion_mask"][:, 1:].bool()  # [N, T-1], the labels' mask
+        score = score - cfg.loss.beta * (kl_fn(old_logps, ref_logps) * mask).sum(-1)  # RLOO's penalised reward
     advantages = advantage_fn(score.view(len(prompts), ro.num_generations)).reshape(-1)  # [P, K] -> [N]
-    return Rollout(completions, batch, rewards, gold, advantages, old.logps.float(),
-                   None if ref is None else ref.logps.float())
+    return Rollout(completions, batch, rewards, gold, advantages, old_logps, ref_logps)
+
+
+def _logps_in_chunks(model: nn.Module, batch: dict[str, torch.Tensor], cfg: GRPORunConfig,
+                     acc: Accelerator) -> torch.Tensor:
+    """[N, T-1] float32 completion log-probs under `model` (no grad), rollout.generation_batch_size rows per forward."""
+    size = cfg.rollout.generation_batch_size
+    parts = []
+    for start in range(0, batch["input_ids"].shape[0], size):
+        rows = {k: v[start:start + size] for k, v in batch.items()}
+        with acc.autocast():
+            parts.append(completion_logps(model, **rows, temperature=cfg.rollout.temperature,
+                                          chunk_size=cfg.model.chunk_size).logps.float())
+    return torch.cat(parts)
 
 
 def _rollout_metrics(r: Rollout, cfg: GRPORunConfig) -> dict[str, float]:

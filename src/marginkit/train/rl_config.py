@@ -43,7 +43,8 @@ class RolloutConfig:
                 "samples follow the policy's own distribution."})
     template: Literal["auto", "plain", "chat"] = field(default="auto", metadata={
         "help": "Prompt rendering, as tokenize.template: chat template for message prompts (auto), or plain text."})
-    generation_batch_size: int = field(default=64, metadata={"help": "Rows per `generate` call."})
+    generation_batch_size: int = field(default=64, metadata={
+        "help": "Rows per `generate` call and per no-grad forward of the old and reference log-probs."})
 
     def __post_init__(self) -> None:
         for name in ("prompt_pool", "prompts_per_step", "max_new_tokens", "generation_batch_size"):
