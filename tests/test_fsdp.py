@@ -173,7 +173,8 @@ def test_fsdp_bf16_stays_close_to_one_process(tiny_model_dir, tmp_path):
 def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(tiny_model_dir, tmp_path):
     """A 2-process FSDP run stopped by SIGTERM after step 1 of 3 writes a sharded checkpoint (weights and
     optimizer states as torch.distributed.checkpoint shards); resumed on 2 FSDP processes, on 2 DDP processes
-    and on 1 plain process, it ends as the uninterrupted run does: the same metrics and the same weights."""
+    and on 1 plain process, it ends as the uninterrupted run does: the same metrics and the same weights. A
+    plain 1-process checkpoint resumes under FSDP the same way."""
     from marginkit.train.checkpoint import latest_checkpoint, load_trainer_state
 
     one = run(tiny_model_dir, tmp_path / "one", "padded", 1)
@@ -186,6 +187,13 @@ def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(tiny_model_dir, tmp_p
         shutil.copytree(cut, again)
         run(tiny_model_dir, again, "padded", processes, task="rm-resume", fsdp=fsdp)
         assert_same_run(one, again, ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "learning_rate"))
+    # and the other way: a plain 1-process checkpoint (full weights and optimizer state) resumed under FSDP
+    plain = run(tiny_model_dir, tmp_path / "cut-plain", "padded", 1, task="rm-interrupt")
+    assert latest_checkpoint(plain).name == "step-000001" and not (latest_checkpoint(plain) / "sharded").exists()
+    again = tmp_path / "resumed-from-plain"
+    shutil.copytree(plain, again)
+    run(tiny_model_dir, again, "padded", 2, task="rm-resume")
+    assert_same_run(one, again, ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "learning_rate"))
 
 
 def fake_accelerator(kind: str, zero_stage: int | None = None, processes: int = 2, fsdp_version: int = 2,

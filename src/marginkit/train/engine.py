@@ -44,8 +44,10 @@ from marginkit.train.sharding import (
     as_number,
     full_state_dict,
     is_sharded,
+    load_full_into_sharded,
     load_sharded,
     save_sharded,
+    unsharded_class,
 )
 
 __all__ = ["TrainConfig", "SFTTrainConfig", "DPOTrainConfig", "StepOutput", "NonFiniteLossError", "TrainingInterrupted",
@@ -199,8 +201,9 @@ def _checkpoint_weights(model: Any, folder: Path) -> dict[str, torch.Tensor]:
     safetensors shard as is."""
     from safetensors.torch import load_file
 
-    if hasattr(type(model), "from_pretrained") and (folder / "config.json").exists():
-        return type(model).from_pretrained(folder, dtype=next(model.parameters()).dtype).state_dict()
+    cls = unsharded_class(model)
+    if hasattr(cls, "from_pretrained") and (folder / "config.json").exists():
+        return cls.from_pretrained(folder, dtype=next(model.parameters()).dtype).state_dict()
     weights: dict[str, torch.Tensor] = {}
     for shard in sorted(folder.glob("*.safetensors")):  # every shard of a sharded save
         weights.update(load_file(str(shard)))
@@ -395,10 +398,9 @@ class Engine:
         state = load_trainer_state(path)
         if (path / SHARDED_DIR).is_dir():  # written by an FSDP run: resharded onto this run's processes
             load_sharded(self.model, self.optimizer, path / SHARDED_DIR)
-        elif is_sharded(self.acc):
-            raise ValueError(f"{path} was written by a run without FSDP (no {SHARDED_DIR}/ folder): its optimizer "
-                             "state is one process's full copy, which FSDP cannot shard. Resume it without FSDP "
-                             "(DDP or one process)")
+        elif is_sharded(self.acc):  # written without FSDP: full weights and optimizer state, sharded on loading
+            load_full_into_sharded(self.model, self.optimizer, _checkpoint_weights(self.model, path / "model"),
+                                   state["optimizer"])
         else:
             self._load_full(path, state)
         self.scheduler.load_state_dict(state["scheduler"])

@@ -29,7 +29,7 @@ from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 __all__ = ["SHARDED_DIR", "fsdp_requested", "enable_cpu_fsdp", "is_sharded", "check_fsdp", "full_state_dict",
-           "as_number", "shard_frozen", "save_sharded", "load_sharded"]
+           "as_number", "shard_frozen", "save_sharded", "load_sharded", "load_full_into_sharded", "unsharded_class"]
 
 SHARDED_DIR = "sharded"  # a checkpoint's torch.distributed.checkpoint folder (train/checkpoint.py layout)
 
@@ -142,3 +142,36 @@ def load_sharded(model: Any, optimizer: Any, folder: str | os.PathLike) -> None:
     state = {"model": model_state, "optimizer": optim_state}
     dcp.load(state, checkpoint_id=str(folder))
     set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def unsharded_class(model: Any) -> type:
+    """The model's own class: `fully_shard` swaps a module's class for a generated FSDP<Name> subclass, whose
+    `from_pretrained` would build that subclass without sharding it."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(model)
+    return next((c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule)), cls) if issubclass(cls, FSDPModule) \
+        else cls
+
+
+def load_full_into_sharded(model: Any, optimizer: Any, weights: dict[str, torch.Tensor],
+                           optim_state: dict[str, Any]) -> None:
+    """Load a checkpoint written without FSDP (full weights by parameter name; torch's optimizer state_dict,
+    keyed by the position of each parameter in the optimizer) into a sharded model and optimizer: each process
+    keeps its shard. The optimizer was built over the trainable parameters in `named_parameters` order
+    (train/setup.py make_optimizer), which gives each position its name."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    names = [name for name, param in model.named_parameters() if param.requires_grad]
+    groups = optim_state["param_groups"]
+    if sum(len(g["params"]) for g in groups) != len(names):
+        raise ValueError(f"the checkpoint's optimizer holds {sum(len(g['params']) for g in groups)} parameters, the "
+                         f"model trains {len(names)}: it was written for another model")
+    by_name = {"state": {names[i]: s for i, s in optim_state["state"].items()},
+               "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups]}
+    # strict=False only because tied weights are saved once (as the plain resume reads them); anything
+    # unexpected is an error
+    result = set_state_dict(model, _torch_optimizer(optimizer), model_state_dict=weights, optim_state_dict=by_name,
+                            options=StateDictOptions(full_state_dict=True, strict=False))
+    if result.unexpected_keys:
+        raise ValueError(f"the checkpoint does not match the model: unexpected {result.unexpected_keys[:5]}")
