@@ -236,3 +236,13 @@ def test_token_aggregations_hand_worked():
         token_weights(mask, "dr_grpo")
     with pytest.raises(ValueError, match="known: grpo, bnpo, dr_grpo"):
         token_weights(mask, "mean")  # type: ignore[arg-type]
+
+
+def test_gae_ignores_masked_positions_before_the_first_token():
+    # In the labels' alignment a completion starts after its prompt: masked positions first. The hand-worked
+    # row 0 of test_gae_hand_worked_trajectory, shifted right by two masked (prompt) positions, gives the same
+    # advantages and returns on its tokens and 0 elsewhere.
+    rewards, values = T([[5.0, 5.0, 0.0, 0.0, 1.0]]), T([[9.0, 9.0, 0.5, 0.5, 0.5]])
+    adv, ret = gae(rewards, values, T([[0, 0, 1, 1, 1]]), gamma=0.5, lam=0.5)
+    assert_close(adv, T([[0.0, 0.0, -0.28125, -0.125, 0.5]]))
+    assert_close(ret, T([[0.0, 0.0, 0.21875, 0.375, 1.0]]))

@@ -7,7 +7,7 @@ config field, made by `configlib.add_config_flags`:
 
     marginkit train-rm --config run.yaml [key=value ...]
     marginkit train-sft | precompute-ref | train-dpo --config run.yaml [key=value ...]
-    marginkit train-grpo | train-rloo --config run.yaml [key=value ...]   (online RL, docs/rl.md)
+    marginkit train-grpo | train-rloo | train-ppo --config run.yaml [key=value ...]   (online RL, docs/rl.md)
     marginkit eval-rm --model DIR --data FILE [--format auto] [--out DIR]
     marginkit eval-dpo --model DIR --data FILE [--reference DIR_OR_FILE] [--out DIR]
     marginkit eval-sections --model DIR [--builtin all] [--section NAME=PATH[@FORMAT] ...]
@@ -121,6 +121,12 @@ def _train_rloo(cfg: Any, args: argparse.Namespace) -> int:
     from marginkit.train.rl import train_rloo
 
     return _run_training(train_rloo, cfg, "saved policy to")
+
+
+def _train_ppo(cfg: Any, args: argparse.Namespace) -> int:
+    from marginkit.train.rl import train_ppo
+
+    return _run_training(train_ppo, cfg, "saved policy to")
 
 
 def _eval_rm_run(cfg: Any, args: argparse.Namespace) -> int:
@@ -369,6 +375,8 @@ COMMANDS: list[Command] = [  # words, config classes ("module:Class"), runner, h
             "folder or module:function (docs/rl.md).", "yaml"),
     Command("train-rloo", ("marginkit.train.rl_config:RLOORunConfig",), _train_rloo,
             "Online RL with leave-one-out baselines (RLOO) and a KL penalty in the reward (docs/rl.md).", "yaml"),
+    Command("train-ppo", ("marginkit.train.rl_config:PPORunConfig",), _train_ppo,
+            "Online RL with a value model and GAE (PPO), the KL penalty in the per-token reward (docs/rl.md).", "yaml"),
     Command("eval-rm", ("marginkit.evaluate.rm_eval:EvalConfig",), _eval_rm_run,
             "Evaluate a trained reward model on pairs."),
     Command("eval-dpo", ("marginkit.evaluate.dpo_eval:DPOEvalConfig",), _eval_dpo_run,

@@ -90,7 +90,8 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     one episode that ends after its last masked token: V and r are read as 0 at and after the first mask-0
     position (TRL's PPOTrainer masks them the same way), so V_{T} = 0 and a padded position gets A = 0.
     λ = 1 gives returns = the discounted reward-to-go; λ = 0 gives A_t = δ_t. Typical γ = 1, λ = 0.95 for
-    language models (TRL's PPOConfig). rewards, values, mask: [N, T], right-padded (completion tokens first).
+    language models (TRL's PPOConfig). rewards, values, mask: [N, T], each row's tokens contiguous; masked
+    positions before them (a prompt, in the labels' alignment) change nothing and get A = 0 (tested).
     """
     _check_same("gae", 2, rewards=rewards, values=values, mask=mask)
     if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):

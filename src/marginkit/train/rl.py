@@ -58,12 +58,21 @@ from marginkit.train.checkpoint import (
 from marginkit.train.engine import NonFiniteLossError, epoch_order
 from marginkit.train.identity import IDENTITY_FILE, check_resume_identity
 from marginkit.train.interrupt import StopSignals, TrainingInterrupted
-from marginkit.train.rl_config import GRPORunConfig, RLTrainConfig
+from marginkit.train.rl_config import GRPORunConfig, PPORunConfig, RLTrainConfig, ValueConfig
 from marginkit.train.rl_step import rl_step
+from marginkit.train.rl_value import (
+    VALUE_DIR,
+    ValueModel,
+    load_value_model,
+    load_value_weights,
+    ppo_advantages,
+    save_value_model,
+    value_step,
+)
 from marginkit.train.trackers import resolve_trackers
 
 __all__ = ["RLRunResult", "Rollout", "load_prompts", "step_prompts", "rl_identity", "collect_rollout", "train_rl",
-           "train_grpo", "train_rloo"]
+           "train_grpo", "train_rloo", "train_ppo"]
 
 # Settings that change only where or how often things are written: not part of the run identity.
 _BOOKKEEPING = {"train.output_dir", "train.log_every", "train.save_every", "train.save_total_limit",
@@ -83,9 +92,8 @@ class RLRunResult:
 class Rollout:
     """One rollout batch of N = P K completions, on the training device.
 
-    rewards, gold [N] float64 numpy (gold: the world's true reward, None off the world); score [N] the reward
-    the advantages read (minus the KL penalty when loss.kl_in=reward); advantages [N]; old_logps,
-    ref_logps [N, T-1] (ref None when beta = 0)."""
+    rewards, gold [N] float64 numpy (gold: the world's true reward, None off the world); advantages [N] (group
+    baselines) or [N, T-1] (PPO); old_logps, ref_logps [N, T-1] (ref None when beta = 0)."""
 
     completions: Completions
     batch: dict[str, torch.Tensor]  # input_ids, attention_mask, completion_mask [N, T]
@@ -94,6 +102,8 @@ class Rollout:
     advantages: torch.Tensor
     old_logps: torch.Tensor
     ref_logps: torch.Tensor | None
+    returns: torch.Tensor | None = None  # PPO: [N, T-1] the value model's targets
+    old_values: torch.Tensor | None = None  # PPO: [N, T-1] the values at rollout time
 
 
 def load_prompts(cfg: GRPORunConfig) -> tuple[list[Any], bool]:
@@ -179,29 +189,46 @@ def _load_reference(cfg: GRPORunConfig, device: torch.device) -> nn.Module | Non
 
 
 @torch.no_grad()
-def collect_rollout(policy: nn.Module, reference: nn.Module | None, generator: HFGenerator, reward_fn: Callable,
-                    prompts: Sequence[Any], cfg: GRPORunConfig, advantage_fn: Callable, kl_fn: Callable, seed: int,
-                    acc: Accelerator, with_gold: bool) -> Rollout:
+def collect_rollout(run: _Run, prompts: Sequence[Any], seed: int) -> Rollout:
     """Phases 1 and 2 of the module docstring: sample, reward, old and reference log-probs, advantages."""
-    ro = cfg.rollout
-    completions = generator.generate(prompts, ro.num_generations, ro.max_new_tokens, ro.temperature, seed)
+    cfg, acc, ro = run.cfg, run.acc, run.cfg.rollout
+    completions = run.generator.generate(prompts, ro.num_generations, ro.max_new_tokens, ro.temperature, seed)
     prompt_of = [prompts[i] for i in completions.prompt_index.tolist()]
-    rewards = reward_fn(prompt_of, completions.texts)  # [N] float64
+    rewards = run.reward_fn(prompt_of, completions.texts)  # [N] float64
     gold = None
-    if with_gold:
+    if run.on_world:
         from marginkit.data.world import true_rewards
 
         gold = true_rewards(prompt_of, completions.texts)
     batch = {k: getattr(completions, k).to(acc.device) for k in ("input_ids", "attention_mask", "completion_mask")}
-    policy.eval()
-    old_logps = _logps_in_chunks(policy, batch, cfg, acc)  # [N, T-1]
-    ref_logps = None if reference is None else _logps_in_chunks(reference, batch, cfg, acc)
+    run.model.eval()
+    old_logps = _logps_in_chunks(run.model, batch, cfg, acc)  # [N, T-1]
+    ref_logps = None if run.reference is None else _logps_in_chunks(run.reference, batch, cfg, acc)
+    mask = batch["completion_mask"][:, 1:].bool()  # [N, T-1], the labels' mask
+    kl = torch.zeros_like(old_logps) if ref_logps is None else run.kl_fn(old_logps, ref_logps) * mask  # [N, T-1]
     score = torch.as_tensor(rewards, dtype=torch.float32, device=acc.device)  # [N]
-    if ref_logps is not None and cfg.loss.kl_in == "reward":
-        mask = batch["completion_mask"][:, 1:].bool()  # [N, T-1], the labels' mask
-        score = score - cfg.loss.beta * (kl_fn(old_logps, ref_logps) * mask).sum(-1)  # RLOO's penalised reward
-    advantages = advantage_fn(score.view(len(prompts), ro.num_generations)).reshape(-1)  # [P, K] -> [N]
+    if run.value_model is not None:  # PPO: per-token rewards, GAE over the value model's values (train/rl_value.py)
+        values = _values_in_chunks(run.value_model, batch, cfg, acc)  # [N, T-1]
+        v = run.value_cfg
+        advantages, returns = ppo_advantages(score, kl, values, mask, cfg.loss.beta, v.gamma, v.lam,
+                                             v.whiten_advantages)
+        return Rollout(completions, batch, rewards, gold, advantages, old_logps, ref_logps, returns, values * mask)
+    if cfg.loss.kl_in == "reward":
+        score = score - cfg.loss.beta * kl.sum(-1)  # RLOO's penalised reward
+    advantages = run.advantage_fn(score.view(len(prompts), ro.num_generations)).reshape(-1)  # [P, K] -> [N]
     return Rollout(completions, batch, rewards, gold, advantages, old_logps, ref_logps)
+
+
+def _values_in_chunks(value_model: nn.Module, batch: dict[str, torch.Tensor], cfg: GRPORunConfig,
+                      acc: Accelerator) -> torch.Tensor:
+    """[N, T-1] values V_t aligned with the labels (position t chooses token t + 1), no grad, in row chunks."""
+    value_model.eval()
+    size, parts = cfg.rollout.generation_batch_size, []
+    for start in range(0, batch["input_ids"].shape[0], size):
+        with acc.autocast():
+            parts.append(value_model(batch["input_ids"][start:start + size],
+                                     batch["attention_mask"][start:start + size])[:, :-1].float())
+    return torch.cat(parts)
 
 
 def _logps_in_chunks(model: nn.Module, batch: dict[str, torch.Tensor], cfg: GRPORunConfig,
@@ -226,14 +253,18 @@ def _rollout_metrics(r: Rollout, cfg: GRPORunConfig) -> dict[str, float]:
     lengths = r.completions.lengths.float()
     truncated = r.completions.truncated
     terminated = lengths[~truncated]
-    row = {"reward": float(groups.mean()), "reward_std": float(groups.std(axis=1, ddof=1).mean()),
-           "frac_reward_zero_std": float((groups.std(axis=1) == 0).mean()),
-           "completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
+    row = {"reward": float(groups.mean())}
+    if k >= 2:  # group statistics (a PPO rollout may sample one completion per prompt)
+        row.update(reward_std=float(groups.std(axis=1, ddof=1).mean()),
+                   frac_reward_zero_std=float((groups.std(axis=1) == 0).mean()))
+    row |= {"completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
            "completions/max_length": float(lengths.max()), "completions/clipped_ratio": float(truncated.float().mean()),
            "completions/mean_terminated_length": float(terminated.mean()) if len(terminated) else 0.0}
     if r.gold is not None:
         gold = np.asarray(r.gold).reshape(-1, k)
-        row.update({"gold/reward": float(gold.mean()), "gold/reward_std": float(gold.std(axis=1, ddof=1).mean())})
+        row["gold/reward"] = float(gold.mean())
+        if k >= 2:
+            row["gold/reward_std"] = float(gold.std(axis=1, ddof=1).mean())
     return row
 
 
@@ -243,12 +274,16 @@ def _minibatches(n: int, parts: int, seed: int, step: int, iteration: int) -> li
     return list(torch.randperm(n, generator=gen).chunk(parts))
 
 
-def _optimise(model: nn.Module, optimizer: Any, scheduler: Any, rollout: Rollout, cfg: GRPORunConfig, kl_fn: Callable,
-              step: int, acc: Accelerator) -> dict[str, float]:
+def _optimise(run: _Run, rollout: Rollout, step: int) -> dict[str, float]:
     """Phase 3: num_iterations x num_minibatches optimizer steps on the rollout; token-weighted metric means over
-    every pass, loss and grad_norm averaged over the optimizer steps."""
+    every pass, loss and grad_norm averaged over the optimizer steps. PPO adds vf_coef x the value loss."""
+    cfg, acc, model, optimizer, scheduler = run.cfg, run.acc, run.model, run.optimizer, run.scheduler
     loss_cfg, n = cfg.loss, len(rollout.completions)
     model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if run.value_model is not None:
+        run.value_model.train()
+        params += [p for p in run.value_model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
     losses, norms = [], []
     for iteration in range(loss_cfg.num_iterations):
@@ -259,13 +294,18 @@ def _optimise(model: nn.Module, optimizer: Any, scheduler: Any, rollout: Rollout
             if rollout.ref_logps is not None:
                 mb["ref_logps"] = rollout.ref_logps[idx]
             with acc.autocast():
-                loss, stats = rl_step(model, mb, loss_cfg, kl_fn, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
-                                      cfg.model.chunk_size)
+                loss, stats = rl_step(model, mb, loss_cfg, run.kl_fn, cfg.rollout.temperature,
+                                      cfg.rollout.max_new_tokens, cfg.model.chunk_size)
+                if run.value_model is not None:
+                    v_loss, v_stats = value_step(run.value_model, mb, rollout.returns[idx], rollout.old_values[idx],
+                                                 run.value_cfg.cliprange_value, loss_cfg.loss_type,
+                                                 cfg.rollout.max_new_tokens)
+                    loss = loss + run.value_cfg.vf_coef * v_loss  # PPO's policy + value objective
+                    stats.update(v_stats)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite RL loss ({loss.item()}) at rollout step {step + 1}, iteration "
                                          f"{iteration}: check the rewards and the learning rate")
             acc.backward(loss)
-            params = [p for p in model.parameters() if p.requires_grad]
             norm = acc.clip_grad_norm_(params, cfg.train.max_grad_norm or math.inf)
             optimizer.step()
             scheduler.step()
@@ -333,6 +373,8 @@ class _Run:
     on_world: bool
     metrics_path: Path
     save: Callable[[int], Path]
+    value_model: ValueModel | None = None  # train-ppo only
+    value_cfg: ValueConfig | None = None
 
 
 def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: str = "grpo") -> RLRunResult:
@@ -358,9 +400,14 @@ def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: 
     model, tokenizer = load_policy(cfg.model)
     model.to(acc.device)
     reference = _load_reference(cfg, acc.device)
+    value_model = None
+    if isinstance(cfg, PPORunConfig):  # PPO's value model, on the policy's backbone unless value.name_or_path
+        value_model = load_value_model(cfg.value.name_or_path or cfg.model.name_or_path, cfg.model.trust_remote_code)
+        value_model.to(acc.device)
     steps_per_rollout = cfg.loss.num_iterations * cfg.loss.num_minibatches
     total = cfg.train.max_steps * steps_per_rollout
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
+    trained = [*model.parameters(), *(value_model.parameters() if value_model is not None else [])]
+    optimizer = torch.optim.AdamW([p for p in trained if p.requires_grad], lr=cfg.train.learning_rate,
                                   weight_decay=cfg.train.weight_decay, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2))
     scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total),
                               num_training_steps=total)
@@ -370,9 +417,13 @@ def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: 
 
     def save_model(path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         save_policy(inner, tokenizer, path, settings, state_dict)
+        if value_model is not None:  # PPO: the value model inside the policy folder (from_pretrained ignores it)
+            save_value_model(value_model, path / VALUE_DIR)
 
     metrics_path = out / "metrics.jsonl"
     start = _resume(ckpt, inner, optimizer, scheduler, metrics_path) if ckpt else 0
+    if ckpt and value_model is not None:
+        load_value_weights(value_model, ckpt / "model" / VALUE_DIR)
     if cfg.train.report_to:
         acc.init_trackers("marginkit", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
                                                for k, v in flatten(to_dict(cfg)).items()})
@@ -380,10 +431,10 @@ def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: 
                HFGenerator(inner, tokenizer, cfg.rollout.template, cfg.rollout.max_prompt_length,
                            cfg.rollout.generation_batch_size),
                reward_fn, {"grpo": partial(grpo_advantages, scale_rewards=cfg.loss.scale_rewards),
-                           "rloo": rloo_advantages}[cfg.loss.advantage],
+                           "rloo": rloo_advantages}.get(cfg.loss.advantage),  # None for PPO's gae
                KL_ESTIMATORS[cfg.loss.kl_estimator], pool, on_world, metrics_path,
                partial(_save, cfg, save_model=save_model, optimizer=optimizer, scheduler=scheduler, identity=identity,
-                       out=out))
+                       out=out), value_model, getattr(cfg, "value", None))
     say(f"{stage}: {len(pool)} prompts ({cfg.rollout.prompts}), reward {cfg.reward}; each step {cfg.rollout.prompts_per_step} "
         f"prompts x {cfg.rollout.num_generations} completions, {steps_per_rollout} optimizer step(s); {total} optimizer "
         f"steps in {cfg.train.max_steps} rollout steps; reference {'none (beta=0)' if reference is None else 'frozen'}")
@@ -411,12 +462,10 @@ def _loop(run: _Run, start: int, signals: StopSignals) -> list[dict[str, Any]]:
     for step in range(start, cfg.train.max_steps):
         started = time.perf_counter()
         prompts = step_prompts(run.pool, cfg.rollout.prompts_per_step, cfg.train.seed, step)
-        rollout = collect_rollout(run.model, run.reference, run.generator, run.reward_fn, prompts, cfg,
-                                  run.advantage_fn, run.kl_fn, seed=cfg.train.seed * 1_000_003 + step, acc=acc,
-                                  with_gold=run.on_world)
+        rollout = collect_rollout(run, prompts, seed=cfg.train.seed * 1_000_003 + step)
         rolled = time.perf_counter()
         row = {**_rollout_metrics(rollout, cfg),
-               **_optimise(run.model, run.optimizer, run.scheduler, rollout, cfg, run.kl_fn, step, acc)}
+               **_optimise(run, rollout, step)}
         row.update({"time/rollout_seconds": rolled - started, "time/update_seconds": time.perf_counter() - rolled})
         window.append(row)
         bar.update(1)
@@ -449,3 +498,8 @@ def train_grpo(cfg: GRPORunConfig, console: Callable[[str], None] = print) -> RL
 def train_rloo(cfg: GRPORunConfig, console: Callable[[str], None] = print) -> RLRunResult:
     """`marginkit train-rloo`: `train_rl` with RLOO's defaults (RLOORunConfig)."""
     return train_rl(cfg, console, "rloo")
+
+
+def train_ppo(cfg: PPORunConfig, console: Callable[[str], None] = print) -> RLRunResult:
+    """`marginkit train-ppo`: `train_rl` with a value model and GAE (PPORunConfig, train/rl_value.py)."""
+    return train_rl(cfg, console, "ppo")

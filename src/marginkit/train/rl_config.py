@@ -16,7 +16,7 @@ from marginkit.losses.rl import LossAggregation
 from marginkit.models.policy import PolicyConfig
 
 __all__ = ["RolloutConfig", "RLLossConfig", "RLOOLossConfig", "RLReferenceConfig", "RLTrainConfig", "RLOOTrainConfig", "GRPORunConfig",
-           "RLOORunConfig"]
+           "RLOORunConfig", "PPOLossConfig", "ValueConfig", "PPOTrainConfig", "PPORunConfig"]
 
 
 @dataclass
@@ -32,7 +32,7 @@ class RolloutConfig:
         "help": "prompts=world:SPLIT: distinct draws in the pool the steps go through (a new order each pass)."})
     prompts_per_step: int = field(default=8, metadata={"help": "P: prompts per rollout batch."})
     num_generations: int = field(default=4, metadata={
-        "help": "K: completions per prompt, the group of GRPO's and RLOO's baselines (>= 2; TRL: 8)."})
+        "help": "K: completions per prompt, the group of GRPO's and RLOO's baselines (>= 2 for them; TRL: 8)."})
     max_new_tokens: int = field(default=32, metadata={
         "help": "Completion length cap (TRL's max_completion_length, 256); a completion without EOS by then is "
                 "counted in completions/clipped_ratio."})
@@ -50,9 +50,8 @@ class RolloutConfig:
         for name in ("prompt_pool", "prompts_per_step", "max_new_tokens", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rollout.{name}={getattr(self, name)}: must be >= 1")
-        if self.num_generations < 2:
-            raise ValueError(f"rollout.num_generations={self.num_generations}: must be >= 2 (the group baseline needs "
-                             "at least two completions per prompt)")
+        if self.num_generations < 1:
+            raise ValueError(f"rollout.num_generations={self.num_generations}: must be >= 1")
         if not self.temperature > 0:
             raise ValueError(f"rollout.temperature={self.temperature}: must be > 0")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
@@ -68,8 +67,9 @@ class RolloutConfig:
 class RLLossConfig:
     """GRPO's loss (losses/rl.py). Dr. GRPO: scale_rewards=false loss_type=dr_grpo."""
 
-    advantage: Literal["grpo", "rloo"] = field(default="grpo", metadata={
-        "help": "grpo: (r - group mean) / (group std + 1e-4); rloo: r - mean of the other K-1 (losses/rl.py)."})
+    advantage: Literal["grpo", "rloo", "gae"] = field(default="grpo", metadata={
+        "help": "grpo: (r - group mean) / (group std + 1e-4); rloo: r - mean of the other K-1; gae: PPO's, from a "
+                "value model (train-ppo only) (losses/rl.py)."})
     scale_rewards: bool = field(default=True, metadata={
         "help": "advantage=grpo: divide by the group's std; false is Dr. GRPO (no difficulty bias). Must be false "
                 "with advantage=rloo."})
@@ -102,9 +102,10 @@ class RLLossConfig:
                 raise ValueError(f"loss.{name}={getattr(self, name)}: must be >= 1")
         if self.beta < 0:
             raise ValueError(f"loss.beta={self.beta}: must be >= 0 (0: no KL term, no reference)")
-        if self.advantage == "rloo" and self.scale_rewards:
-            raise ValueError("loss.advantage=rloo with loss.scale_rewards=true: leave-one-out advantages are never "
-                             "divided by the group std; set loss.scale_rewards=false (train-rloo's default)")
+        if self.advantage != "grpo" and self.scale_rewards:
+            raise ValueError(f"loss.advantage={self.advantage} with loss.scale_rewards=true: only GRPO's advantages "
+                             "are divided by the group std; set loss.scale_rewards=false (train-rloo's and "
+                             "train-ppo's default)")
 
 
 @dataclass
@@ -112,8 +113,8 @@ class RLOOLossConfig(RLLossConfig):
     """RLLossConfig with RLOO's defaults (Ahmadian et al. 2024; TRL's RLOOConfig): leave-one-out advantages,
     a k1 KL penalty of beta 0.05 in the reward."""
 
-    advantage: Literal["grpo", "rloo"] = field(default="rloo", metadata={
-        "help": "rloo: r - mean of the other K-1; grpo: (r - group mean) / (group std + 1e-4)."})
+    advantage: Literal["grpo", "rloo", "gae"] = field(default="rloo", metadata={
+        "help": "rloo: r - mean of the other K-1; grpo: (r - group mean) / (group std + 1e-4); gae: train-ppo only."})
     scale_rewards: bool = field(default=False, metadata={
         "help": "advantage=grpo only: divide by the group's std (must stay false with advantage=rloo)."})
     beta: float = field(default=0.05, metadata={"help": "KL coefficient to the frozen reference (TRL RLOO: 0.05)."})
@@ -122,6 +123,49 @@ class RLOOLossConfig(RLLossConfig):
                 "token in the loss (GRPO)."})
     kl_estimator: Literal["k1", "k2", "k3"] = field(default="k1", metadata={
         "help": "Per-token KL estimator; k1 = log pi - log ref summed over the completion is RLOO's penalty."})
+
+
+@dataclass
+class PPOLossConfig(RLLossConfig):
+    """RLLossConfig with PPO's defaults (TRL's PPOConfig): GAE advantages from a value model, a k1 KL penalty of
+    beta 0.05 in the per-token reward, 4 epochs over each rollout."""
+
+    advantage: Literal["grpo", "rloo", "gae"] = field(default="gae", metadata={
+        "help": "gae: from the value model (train/rl_value.py); train-ppo takes no other."})
+    scale_rewards: bool = field(default=False, metadata={"help": "advantage=grpo only; must stay false for PPO."})
+    loss_type: LossAggregation = field(default="bnpo", metadata={
+        "help": "Token aggregation of the policy and value losses: bnpo (mean over all tokens: TRL PPO's masked_mean), "
+                "grpo, dr_grpo."})
+    num_iterations: int = field(default=4, metadata={"help": "Epochs over each rollout (TRL's num_ppo_epochs: 4)."})
+    beta: float = field(default=0.05, metadata={"help": "KL coefficient in the per-token reward (TRL PPO kl_coef: 0.05)."})
+    kl_in: Literal["loss", "reward"] = field(default="reward", metadata={
+        "help": "reward: -beta x KL per token in PPO's per-token reward (train-ppo takes no other)."})
+    kl_estimator: Literal["k1", "k2", "k3"] = field(default="k1", metadata={
+        "help": "Per-token KL estimator of the penalty (TRL PPO: k1)."})
+
+
+@dataclass
+class ValueConfig:
+    """PPO's value model and GAE."""
+
+    name_or_path: str | None = field(default=None, metadata={
+        "help": "The backbone the value model starts from (None: the policy's, model.name_or_path; TRL starts it from "
+                "the reward model)."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss (TRL: 0.1)."})
+    cliprange_value: float | None = field(default=0.2, metadata={
+        "help": "Value clipping around the rollout's values (TRL: 0.2); None: the plain squared error."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount (TRL: 1.0)."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda (TRL: 0.95)."})
+    whiten_advantages: bool = field(default=True, metadata={
+        "help": "Whiten the advantages over the rollout's completion tokens (TRL does)."})
+
+    def __post_init__(self) -> None:
+        if self.vf_coef < 0:
+            raise ValueError(f"value.vf_coef={self.vf_coef}: must be >= 0")
+        if self.cliprange_value is not None and self.cliprange_value < 0:
+            raise ValueError(f"value.cliprange_value={self.cliprange_value}: must be >= 0 (or None)")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError(f"value.gamma={self.gamma}, value.lam={self.lam}: both must be in [0, 1]")
 
 
 @dataclass
@@ -194,6 +238,18 @@ class GRPORunConfig:
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Cross-section rules: group baselines need K >= 2; GAE needs train-ppo's value model; minibatches divide N."""
+        if self.loss.advantage == "gae":
+            raise ValueError("loss.advantage=gae needs a value model: use marginkit train-ppo")
+        if self.rollout.num_generations < 2:
+            raise ValueError(f"rollout.num_generations={self.rollout.num_generations}: must be >= 2 (the group "
+                             "baseline of GRPO and RLOO needs at least two completions per prompt)")
+        self._check_minibatches()
+
+    def _check_minibatches(self) -> None:
         if self.rollout.rollout_size % self.loss.num_minibatches:
             raise ValueError(f"loss.num_minibatches={self.loss.num_minibatches} must divide the "
                              f"{self.rollout.rollout_size} completions of a rollout (rollout.prompts_per_step x "
@@ -206,3 +262,27 @@ class RLOORunConfig(GRPORunConfig):
 
     loss: RLOOLossConfig = field(default_factory=RLOOLossConfig)
     train: RLOOTrainConfig = field(default_factory=RLOOTrainConfig)
+
+
+@dataclass
+class PPOTrainConfig(RLTrainConfig):
+    """RLTrainConfig with output_dir runs/ppo."""
+
+    output_dir: str = field(default="runs/ppo", metadata={"help": "Run folder: metrics, checkpoints, final policy."})
+
+
+@dataclass
+class PPORunConfig(GRPORunConfig):
+    """Everything `marginkit train-ppo` needs: train-grpo's options with PPO's loss defaults, plus the value model."""
+
+    loss: PPOLossConfig = field(default_factory=PPOLossConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
+    train: PPOTrainConfig = field(default_factory=PPOTrainConfig)
+
+    def check(self) -> None:
+        if self.loss.advantage != "gae":
+            raise ValueError(f"loss.advantage={self.loss.advantage}: train-ppo's advantages come from its value model "
+                             "(gae); use train-grpo or train-rloo for group baselines")
+        if self.loss.kl_in != "reward":
+            raise ValueError("loss.kl_in=loss: train-ppo puts the KL penalty in the per-token reward (kl_in=reward)")
+        self._check_minibatches()
