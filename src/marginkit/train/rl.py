@@ -1,25 +1,27 @@
-"""`train-grpo` and `train-rloo`: online RL of a causal LM against a reward (issue 16).
+"""`train-grpo`, `train-rloo` and `train-ppo`: online RL of a causal LM against a reward (issue 16).
 
 Each step, in order (cleanrl's phases):
 1. rollout: P prompts (a pure function of seed and step), K completions each from the policy
    (models/generation.py `HFGenerator`, seeded by seed and step), their rewards (rewards.py: the gold
    world, an RM folder or a callable), and under no_grad the per-token log-probs of the sampling policy
-   ("old") and of the frozen reference;
+   ("old") and of the frozen reference (and, for PPO, the value model's values);
 2. advantages: GRPO's group-relative ones or RLOO's leave-one-out ones (losses/rl.py) of the reward, minus
-   beta x the completion's summed KL when loss.kl_in=reward;
+   beta x the completion's summed KL when loss.kl_in=reward; for PPO, GAE over per-token rewards
+   (train/rl_value.py);
 3. optimisation: num_iterations epochs over the rollout, each split into num_minibatches optimizer steps
-   of `rl_step` (train/rl_step.py: clipped surrogate + beta x per-token KL when loss.kl_in=loss);
+   of `rl_step` (train/rl_step.py: clipped surrogate + beta x per-token KL when loss.kl_in=loss), plus
+   vf_coef x the value loss for PPO;
 4. metrics (TRL's GRPO names, docs/rl.md) and, every save_every steps, a checkpoint.
 
 A resumed run continues the same run: prompts, sampling seeds and minibatch orders are functions of
 (seed, step), and the checkpoint restores the weights, the optimizer, the schedule and the RNG states,
-so the rollouts after a resume are those of the uninterrupted run (tests/test_rl_train.py).
+so the rollouts after a resume are those of the uninterrupted run (tests/test_rl_train.py, test_rl_ppo.py).
 
-Contract. One process (2-process DDP is not done yet: refused). Policy dropout is off (PolicyConfig's
-default), so the policy at step 0 equals its reference and KL starts at 0. Not done yet: PPO with a
-value head, the margin monitor's RL checks. SIGINT or SIGTERM finishes the current rollout step, writes a
-checkpoint and the model, and raises TrainingInterrupted (train/interrupt.py); a run killed outright
-resumes from its last save_every checkpoint.
+Contract. One process (several processes are not done yet: refused). Policy dropout is off (PolicyConfig's
+default), so the policy at step 0 equals its reference and KL starts at 0. Not done yet: the margin
+monitor's RL checks. SIGINT or SIGTERM finishes the current rollout step, writes a checkpoint and the
+model, and raises TrainingInterrupted (train/interrupt.py); a run killed outright resumes from its last
+save_every checkpoint.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ def _accelerator(train: RLTrainConfig) -> Accelerator:
     acc = Accelerator(mixed_precision=precision, log_with=resolve_trackers(train.report_to) or None,
                       project_dir=train.output_dir)
     if acc.num_processes > 1:
-        raise ConfigError(f"train-grpo/train-rloo run on one process; {acc.num_processes} were launched (several "
+        raise ConfigError(f"train-grpo, train-rloo and train-ppo run on one process; {acc.num_processes} were launched (several "
                           "processes are not done yet: issue 16)")
     return acc
 
