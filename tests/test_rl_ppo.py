@@ -147,3 +147,26 @@ def test_cli_train_ppo(tmp_path, world_lm, capsys):
                  "rollout.max_new_tokens=4", "train.max_steps=1", f"train.output_dir={tmp_path / 'cli'}",
                  "train.progress_bar=false"])
     assert code == 0 and "saved policy to" in capsys.readouterr().out
+
+
+def test_docs_rl_md_names_exactly_the_logged_metrics(tmp_path, world_lm):
+    """docs/rl.md's metrics table lists every name train-grpo and train-ppo log on the world, and nothing else."""
+    import re
+    from pathlib import Path
+
+    from marginkit.train.rl import train_grpo
+
+    table = (Path(__file__).resolve().parents[1] / "docs" / "rl.md").read_text().split("## Metrics")[1]
+    documented = set(re.findall(r"^\| `([^`]+)` \|", table, flags=re.M))
+    train_ppo(config(world_lm, tmp_path / "ppo", train={"max_steps": 1}), console=lambda _: None)
+    grpo = from_dict(GRPORunConfig, {"model": {"name_or_path": str(world_lm)}, "reward": "world",
+                                     "rollout": {"prompts": "world:train", "prompt_pool": 4, "prompts_per_step": 2,
+                                                 "num_generations": 2, "max_new_tokens": 4},
+                                     "train": {"output_dir": str(tmp_path / "grpo"), "max_steps": 1,
+                                               "progress_bar": False}})
+    train_grpo(grpo, console=lambda _: None)
+    logged = set()
+    for run in ("ppo", "grpo"):
+        for row in rows(tmp_path / run):
+            logged |= set(row) - {"step"}
+    assert logged == documented
