@@ -134,3 +134,23 @@ def test_rows_selects_a_minibatch_and_drops_all_padding_columns(policy):
         full = completion_logps(model, out.input_ids, out.attention_mask, out.completion_mask)
         part = completion_logps(model, sub.input_ids, sub.attention_mask, sub.completion_mask)
     assert_close(part.logps.sum(-1), full.logps.sum(-1)[4:6], atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_samples_equal_the_uncached_reference(policy):
+    # The fast path (KV cache) against the readable one (every token reruns the whole sequence): same seed,
+    # same completions, and the same per-token log-probs read afterwards.
+    model, tok = policy
+    widths: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append((kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape[1]),
+        with_kwargs=True)
+    try:
+        cached = HFGenerator(model, tok).generate(PROMPTS, n=4, max_new_tokens=12, temperature=1.0, seed=9)
+        n_cached = len(widths)
+        plain = HFGenerator(model, tok, use_cache=False).generate(PROMPTS, n=4, max_new_tokens=12, temperature=1.0,
+                                                                  seed=9)
+    finally:
+        hook.remove()
+    assert set(widths[1:n_cached]) == {1}  # with the cache, each new token runs one position
+    assert widths[n_cached + 1] > 1  # without it, the whole sequence again
+    assert torch.equal(cached.input_ids, plain.input_ids) and cached.texts == plain.texts

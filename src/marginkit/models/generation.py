@@ -123,16 +123,18 @@ def layout_completions(prompt_rows: Sequence[Sequence[int]], generated: Sequence
 class HFGenerator:
     """`Generator` on a Hugging Face causal LM: `model.generate` (KV cache) over chunks of `batch_size` rows.
 
-    The model is put in eval mode for sampling and its mode restored after. The seed is applied under
+    The model is put in eval mode for sampling and its mode restored after. use_cache=False recomputes every
+    position at each new token, the slow reference the KV cache must equal (tested). The seed is applied under
     `torch.random.fork_rng`, so sampling leaves the caller's RNG streams (dropout, data order) untouched.
     Pass the unwrapped model (not a DDP wrapper: `generate` is a method of the HF model)."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, template: str = "auto", max_prompt_length: int | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, use_cache: bool = True):
         if tokenizer.eos_token_id is None:
             raise ValueError("HFGenerator: the tokenizer has no EOS token, so no completion could ever end; give it one")
         self.model, self.tokenizer = model, tokenizer
         self.template, self.max_prompt_length, self.batch_size = template, max_prompt_length, batch_size
+        self.use_cache = use_cache  # False: every new token reruns the whole sequence (the reference for the cache)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], n: int, max_new_tokens: int, temperature: float,
@@ -158,7 +160,7 @@ class HFGenerator:
                 ids, mask = batch["input_ids"][:, :width].to(device), batch["attention_mask"][:, :width].to(device)
                 seqs = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
                                       top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                                      pad_token_id=pad, use_cache=True)  # [b, width + new]
+                                      pad_token_id=pad, use_cache=self.use_cache)  # [b, width + new]
                 generated += seqs[:, width:].cpu().tolist()
         model.train(was_training)
         out = layout_completions(rows, generated, eos, pad)
