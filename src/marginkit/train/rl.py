@@ -454,8 +454,9 @@ def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: 
 
 
 def _loop(run: _Run, start: int, signals: StopSignals) -> list[dict[str, Any]]:
-    """The rollout steps from `start`: rollout, optimisation, a logged row every log_every steps, a checkpoint
-    every save_every steps and, after a SIGINT/SIGTERM, one at the step where it arrived (then the loop ends)."""
+    """The rollout steps from `start`: rollout, optimisation, a logged row every log_every steps and at every
+    checkpoint, a checkpoint every save_every steps and, after a SIGINT/SIGTERM, one at the step where it
+    arrived (then the loop ends)."""
     cfg, acc = run.cfg, run.acc
     history: list[dict[str, Any]] = []
     window: list[dict[str, float]] = []
@@ -472,12 +473,14 @@ def _loop(run: _Run, start: int, signals: StopSignals) -> list[dict[str, Any]]:
         window.append(row)
         bar.update(1)
         stopping = signals.received is not None and step + 1 < cfg.train.max_steps
-        if window and (stopping or (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.max_steps):
-            history.append({"step": step + 1, **_window(window)})  # a stop writes the open window too
+        saving = stopping or bool(cfg.train.save_every and (step + 1) % cfg.train.save_every == 0)
+        # A checkpoint closes the logging window, so a resumed run logs the rows the uninterrupted one logs.
+        if saving or (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.max_steps:
+            history.append({"step": step + 1, **_window(window)})
             window = []
             _write_row(history[-1], run.metrics_path, acc)
             bar.set_postfix(reward=f"{history[-1]['reward']:.3f}")
-        if acc.is_main_process and (stopping or (cfg.train.save_every and (step + 1) % cfg.train.save_every == 0)):
+        if acc.is_main_process and saving:
             run.save(step + 1)
         if stopping:
             break

@@ -194,7 +194,8 @@ class RLTrainConfig:
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "Clip the global grad norm (None: no clipping)."})
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(default="auto", metadata={
         "help": "auto: bf16 on a GPU that supports it, else no."})
-    log_every: int = field(default=1, metadata={"help": "Rollout steps per logged line."})
+    log_every: int = field(default=1, metadata={
+        "help": "Rollout steps per logged line (a checkpoint also writes one, closing the window)."})
     save_every: int = field(default=0, metadata={"help": "Checkpoint every k rollout steps (0: only the final model)."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest removed)."})
     resume_from: str | None = field(default=None, metadata={
