@@ -79,7 +79,7 @@ def config(model_dir, out, **sections) -> PPORunConfig:
             "train": {"output_dir": str(out), "max_steps": 3, "learning_rate": 1e-2, "mixed_precision": "no",
                       "progress_bar": False, "seed": 1}}
     for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value}
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return from_dict(PPORunConfig, base)
 
 
@@ -170,3 +170,17 @@ def test_docs_rl_md_names_exactly_the_logged_metrics(tmp_path, world_lm):
         for row in rows(tmp_path / run):
             logged |= set(row) - {"step"}
     assert logged == documented
+
+
+def salad_reward(prompts, completions):
+    return [c.split().count("salad") / 4 for c in completions]
+
+
+def test_ppo_positive_control_the_rewarded_word_takes_over(tmp_path, world_lm):
+    # as tests/test_rl_train.py's control (measured for PPO: 0.0-0.03 over steps 1-5, 1.0 from step 19 on)
+    cfg = config(world_lm, tmp_path / "run", reward="test_rl_ppo:salad_reward",
+                 rollout={"prompts_per_step": 4, "num_generations": 4, "max_new_tokens": 4},
+                 loss={"beta": 0.0, "num_minibatches": 1}, train={"max_steps": 40, "learning_rate": 3e-2})
+    train_ppo(cfg, console=lambda _: None)
+    reward = [r["reward"] for r in rows(tmp_path / "run")]
+    assert sum(reward[:5]) / 5 < 0.1 and sum(reward[-5:]) / 5 > 0.8, reward
