@@ -154,3 +154,17 @@ def test_kv_cache_samples_equal_the_uncached_reference(policy):
     assert set(widths[1:n_cached]) == {1}  # with the cache, each new token runs one position
     assert widths[n_cached + 1] > 1  # without it, the whole sequence again
     assert torch.equal(cached.input_ids, plain.input_ids) and cached.texts == plain.texts
+
+
+def test_the_models_own_generation_defaults_do_not_change_the_samples(policy):
+    # A checkpoint's generation_config (top_k, repetition_penalty, ...) would bend the sampled distribution
+    # away from the policy's; HFGenerator samples with its own settings.
+    model, tok = policy
+    plain = HFGenerator(model, tok).generate(PROMPTS, n=4, max_new_tokens=12, temperature=1.0, seed=9)
+    saved = model.generation_config
+    model.generation_config = type(saved)(**{**saved.to_dict(), "top_k": 2, "repetition_penalty": 10.0})
+    try:
+        bent = HFGenerator(model, tok).generate(PROMPTS, n=4, max_new_tokens=12, temperature=1.0, seed=9)
+    finally:
+        model.generation_config = saved
+    assert torch.equal(plain.input_ids, bent.input_ids) and plain.texts == bent.texts

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from transformers import GenerationConfig
 
 from marginkit.data.ledger import Ledger
 from marginkit.data.schema import Message, Pair
@@ -148,8 +149,29 @@ class HFGenerator:
         encoded = [prompt_token_ids(p, tok, self.template, self.max_prompt_length) for p in prompts]
         rows = [encoded[i] for i in range(len(prompts)) for _ in range(n)]  # prompt-major, [P n]
         device = next(model.parameters()).device
-        was_training = model.training
+        # Our settings over the library's defaults, never the checkpoint's generation_config: its top_k, top_p,
+        # repetition_penalty, ... would change the distribution sampled from (the first-pass ratio pi / pi_old
+        # would not be 1). `generate` fills every unset value from model.generation_config, so that is swapped
+        # for a blank one during the call.
+        settings = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                    max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+                                    use_cache=self.use_cache)
+        was_training, saved_config = model.training, model.generation_config
         model.eval()
+        model.generation_config = GenerationConfig()
+        try:
+            generated = self._sample(rows, settings, seed, device, pad, eos)
+        finally:
+            model.train(was_training)
+            model.generation_config = saved_config
+        out = layout_completions(rows, generated, eos, pad)
+        texts = [self._decode(g, eos) for g in generated]
+        return Completions(out["input_ids"], out["attention_mask"], out["completion_mask"], out["lengths"],
+                           out["truncated"], torch.arange(len(prompts)).repeat_interleave(n), texts)
+
+    def _sample(self, rows: list[list[int]], settings: GenerationConfig, seed: int, device: torch.device, pad: int,
+                eos: int) -> list[list[int]]:
+        """The generated tokens of every row (prompt tokens), `batch_size` rows per `generate` call."""
         generated: list[list[int]] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -158,15 +180,9 @@ class HFGenerator:
                 batch = layout_completions(chunk, [[] for _ in chunk], eos, pad)  # prompts only, left-padded
                 width = max(len(r) for r in chunk)
                 ids, mask = batch["input_ids"][:, :width].to(device), batch["attention_mask"][:, :width].to(device)
-                seqs = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
-                                      top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                                      pad_token_id=pad, use_cache=self.use_cache)  # [b, width + new]
-                generated += seqs[:, width:].cpu().tolist()
-        model.train(was_training)
-        out = layout_completions(rows, generated, eos, pad)
-        texts = [self._decode(g, eos) for g in generated]
-        return Completions(out["input_ids"], out["attention_mask"], out["completion_mask"], out["lengths"],
-                           out["truncated"], torch.arange(len(prompts)).repeat_interleave(n), texts)
+                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
+                generated += seqs[:, width:].cpu().tolist()  # [b, width + new] -> the new tokens
+        return generated
 
     def _decode(self, new: list[int], eos: int) -> str:
         completion = new[:new.index(eos)] if eos in new else new  # EOS itself is not text
