@@ -163,7 +163,8 @@ def test_docs_rl_md_names_exactly_the_logged_metrics(tmp_path, world_lm):
                                      "rollout": {"prompts": "world:train", "prompt_pool": 4, "prompts_per_step": 2,
                                                  "num_generations": 2, "max_new_tokens": 4},
                                      "train": {"output_dir": str(tmp_path / "grpo"), "max_steps": 1,
-                                               "progress_bar": False}})
+                                               "progress_bar": False},
+                                     "eval": {"prompts": "world:test", "n_prompts": 2}})
     train_grpo(grpo, console=lambda _: None)
     logged = set()
     for run in ("ppo", "grpo"):

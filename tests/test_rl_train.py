@@ -160,6 +160,32 @@ def test_positive_control_the_rewarded_word_takes_over(tmp_path, world_lm, cls, 
     assert sum(reward[:5]) / 5 < 0.1 and sum(reward[-5:]) / 5 > 0.8, reward
 
 
+def test_held_out_evaluation_rows_leave_training_unchanged(tmp_path, world_lm):
+    plain = config(world_lm, tmp_path / "plain", train={"max_steps": 4})
+    train_grpo(plain, console=lambda _: None)
+    evaluated = config(world_lm, tmp_path / "eval", train={"max_steps": 4},
+                       eval={"prompts": "world:test", "n_prompts": 4, "num_generations": 2, "every": 2})
+    train_grpo(evaluated, console=lambda _: None)
+    logged = rows(tmp_path / "eval")
+    evals = [r for r in logged if "eval_reward" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert set(evals[0]) == {"step", "eval_reward", "eval_gold/reward", "eval_kl", "eval_completions/mean_length"}
+    assert evals[0]["eval_reward"] == evals[0]["eval_gold/reward"]  # reward=world
+    assert evals[-1]["eval_kl"] > 0  # the policy has moved from its reference
+    drop = {"time/rollout_seconds", "time/update_seconds"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in logged if "eval_reward" not in r] == [
+        {k: v for k, v in r.items() if k not in drop} for r in rows(tmp_path / "plain")]  # sampling RNG forked
+
+
+def test_held_out_evaluation_at_learning_rate_zero_repeats_itself_with_zero_kl(tmp_path, world_lm):
+    cfg = config(world_lm, tmp_path / "run", train={"max_steps": 2, "learning_rate": 0.0},
+                 eval={"prompts": "world:test", "n_prompts": 4, "every": 1})
+    train_grpo(cfg, console=lambda _: None)
+    evals = [r for r in rows(tmp_path / "run") if "eval_reward" in r]
+    assert len(evals) == 2 and evals[0]["eval_kl"] == evals[1]["eval_kl"] == 0.0
+    assert {k: v for k, v in evals[0].items() if k != "step"} == {k: v for k, v in evals[1].items() if k != "step"}
+
+
 def test_rloo_runs_with_the_kl_penalty_in_the_reward(tmp_path, world_lm):
     cfg = config(world_lm, tmp_path / "rloo", cls=RLOORunConfig, train={"max_steps": 2})
     assert (cfg.loss.advantage, cfg.loss.kl_in, cfg.loss.kl_estimator, cfg.loss.beta) == ("rloo", "reward", "k1", 0.05)

@@ -31,7 +31,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ from marginkit.train.rl_value import (
 )
 from marginkit.train.trackers import resolve_trackers
 
-__all__ = ["RLRunResult", "Rollout", "load_prompts", "step_prompts", "rl_identity", "collect_rollout", "train_rl",
+__all__ = ["RLRunResult", "Rollout", "load_prompts", "load_eval_prompts", "evaluate", "EVAL_SEED", "step_prompts", "rl_identity", "collect_rollout", "train_rl",
            "train_grpo", "train_rloo", "train_ppo"]
 
 # Settings that change only where or how often things are written: not part of the run identity.
@@ -110,17 +110,30 @@ class Rollout:
 
 def load_prompts(cfg: GRPORunConfig) -> tuple[list[Any], bool]:
     """(the prompt pool, whether it comes from the gold world): rollout.prompts is world:SPLIT or a JSONL file."""
-    source = cfg.rollout.prompts
-    if not source:
+    if not cfg.rollout.prompts:
         raise ConfigError("rollout.prompts is not set: give world:train (the gold world's prompts) or a JSONL file")
+    return _read_prompts(cfg.rollout.prompts, "rollout.prompts", cfg.rollout.world_seed, cfg.rollout.prompt_pool,
+                         cfg.train.seed)
+
+
+def load_eval_prompts(cfg: GRPORunConfig) -> tuple[list[Any], bool]:
+    """The evaluation prompts (eval.prompts, the first eval.n_prompts; world prompts drawn with seed 0, the same for
+    every run) and whether they come from the gold world; ([], False) when no evaluation is set."""
+    if not cfg.eval.prompts:
+        return [], False
+    prompts, on_world = _read_prompts(cfg.eval.prompts, "eval.prompts", cfg.rollout.world_seed, cfg.eval.n_prompts, 0)
+    return prompts[:cfg.eval.n_prompts], on_world
+
+
+def _read_prompts(source: str, key: str, world_seed: int, n_world: int, seed: int) -> tuple[list[Any], bool]:
     if source.startswith("world:"):
         from marginkit.data.world import WorldConfig, make_world
 
         split = source.split(":", 1)[1]
         if split not in ("train", "val", "test"):
-            raise ConfigError(f"rollout.prompts={source}: the world's splits are train, val, test")
-        world = make_world(WorldConfig(seed=cfg.rollout.world_seed, n_train=1, n_val=0, n_test=0))
-        return world.sample_prompts(cfg.rollout.prompt_pool, seed=cfg.train.seed, split=split), True
+            raise ConfigError(f"{key}={source}: the world's splits are train, val, test")
+        world = make_world(WorldConfig(seed=world_seed, n_train=1, n_val=0, n_test=0))
+        return world.sample_prompts(n_world, seed=seed, split=split), True
     from marginkit.evaluate.sampling import read_prompts
 
     return [list(p) if isinstance(p, tuple) else p for p in read_prompts(source)], False
@@ -178,8 +191,8 @@ def _accelerator(train: RLTrainConfig) -> Accelerator:
 
 
 def _load_reference(cfg: GRPORunConfig, device: torch.device) -> nn.Module | None:
-    """The frozen reference (eval mode, no grad), or None when beta = 0 (no KL term, nothing to load)."""
-    if cfg.loss.beta == 0:
+    """The frozen reference (eval mode, no grad), or None when beta = 0 and no evaluation measures KL to it."""
+    if cfg.loss.beta == 0 and not cfg.eval.prompts:
         return None
     path = cfg.reference.name_or_path or cfg.model.name_or_path
     ref_cfg = PolicyConfig(name_or_path=path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
@@ -244,6 +257,33 @@ def _logps_in_chunks(model: nn.Module, batch: dict[str, torch.Tensor], cfg: GRPO
             parts.append(completion_logps(model, **rows, temperature=cfg.rollout.temperature,
                                           chunk_size=cfg.model.chunk_size).logps.float())
     return torch.cat(parts)
+
+
+EVAL_SEED = 20_161_203  # one sampling seed for every evaluation of every run: the same draws for the same policy
+
+
+@torch.no_grad()
+def evaluate(run: _Run) -> dict[str, float]:
+    """The held-out evaluation: eval.num_generations completions of each evaluation prompt at the rollout's
+    temperature, seeded by EVAL_SEED (so two runs' policies are compared on the same draws, and training's RNG
+    is untouched). eval_kl is the mean over completions of Σ_t (log π - log π_ref), the Monte Carlo estimate of
+    the sequence-level KL(π ‖ π_ref) for y ~ π (the world pipeline's KL to SFT)."""
+    cfg, acc = run.cfg, run.acc
+    completions = run.generator.generate(run.eval_prompts, cfg.eval.num_generations, cfg.rollout.max_new_tokens,
+                                         cfg.rollout.temperature, EVAL_SEED)
+    prompt_of = [run.eval_prompts[i] for i in completions.prompt_index.tolist()]
+    row = {"eval_reward": float(run.reward_fn(prompt_of, completions.texts).mean()),
+           "eval_completions/mean_length": float(completions.lengths.float().mean())}
+    if run.eval_on_world:
+        from marginkit.data.world import true_rewards
+
+        row["eval_gold/reward"] = float(true_rewards(prompt_of, completions.texts).mean())
+    if run.reference is not None:
+        batch = {k: getattr(completions, k).to(acc.device) for k in ("input_ids", "attention_mask", "completion_mask")}
+        run.model.eval()
+        log_ratio = _logps_in_chunks(run.model, batch, cfg, acc) - _logps_in_chunks(run.reference, batch, cfg, acc)
+        row["eval_kl"] = float(log_ratio.sum(-1).mean())  # [N, T-1] -> [N] -> mean
+    return row
 
 
 def _rollout_metrics(r: Rollout, cfg: GRPORunConfig) -> dict[str, float]:
@@ -377,6 +417,8 @@ class _Run:
     save: Callable[[int], Path]
     value_model: ValueModel | None = None  # train-ppo only
     value_cfg: ValueConfig | None = None
+    eval_prompts: list[Any] = field(default_factory=list)  # empty: no evaluation
+    eval_on_world: bool = False
 
 
 def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: str = "grpo") -> RLRunResult:
@@ -436,7 +478,7 @@ def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: 
                            "rloo": rloo_advantages}.get(cfg.loss.advantage),  # None for PPO's gae
                KL_ESTIMATORS[cfg.loss.kl_estimator], pool, on_world, metrics_path,
                partial(_save, cfg, save_model=save_model, optimizer=optimizer, scheduler=scheduler, identity=identity,
-                       out=out), value_model, getattr(cfg, "value", None))
+                       out=out), value_model, getattr(cfg, "value", None), *load_eval_prompts(cfg))
     say(f"{stage}: {len(pool)} prompts ({cfg.rollout.prompts}), reward {cfg.reward}; each step {cfg.rollout.prompts_per_step} "
         f"prompts x {cfg.rollout.num_generations} completions, {steps_per_rollout} optimizer step(s); {total} optimizer "
         f"steps in {cfg.train.max_steps} rollout steps; reference {'none (beta=0)' if reference is None else 'frozen'}")
@@ -480,6 +522,10 @@ def _loop(run: _Run, start: int, signals: StopSignals) -> list[dict[str, Any]]:
             window = []
             _write_row(history[-1], run.metrics_path, acc)
             bar.set_postfix(reward=f"{history[-1]['reward']:.3f}")
+        if run.eval_prompts and ((cfg.eval.every and (step + 1) % cfg.eval.every == 0)
+                                 or step + 1 == cfg.train.max_steps):  # before a checkpoint: a resume skips it
+            history.append({"step": step + 1, **evaluate(run)})
+            _write_row(history[-1], run.metrics_path, acc)
         if acc.is_main_process and saving:
             run.save(step + 1)
         if stopping:

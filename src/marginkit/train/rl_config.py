@@ -15,7 +15,7 @@ from typing import Literal
 from marginkit.losses.rl import LossAggregation
 from marginkit.models.policy import PolicyConfig
 
-__all__ = ["RolloutConfig", "RLLossConfig", "RLOOLossConfig", "RLReferenceConfig", "RLTrainConfig", "RLOOTrainConfig", "GRPORunConfig",
+__all__ = ["RolloutConfig", "RLEvalConfig", "RLLossConfig", "RLOOLossConfig", "RLReferenceConfig", "RLTrainConfig", "RLOOTrainConfig", "GRPORunConfig",
            "RLOORunConfig", "PPOLossConfig", "ValueConfig", "PPOTrainConfig", "PPORunConfig"]
 
 
@@ -169,6 +169,24 @@ class ValueConfig:
 
 
 @dataclass
+class RLEvalConfig:
+    """A held-out evaluation during training: fixed prompts, fixed sampling seed, every `every` steps and at the end."""
+
+    prompts: str = field(default="", metadata={
+        "help": "Evaluation prompts: world:SPLIT (e.g. world:test) or a JSONL file; empty: no evaluation."})
+    n_prompts: int = field(default=64, metadata={"help": "Prompts evaluated (the first n of the source)."})
+    num_generations: int = field(default=2, metadata={"help": "Completions sampled per evaluation prompt."})
+    every: int = field(default=0, metadata={"help": "Evaluate every k rollout steps (0: only after the last)."})
+
+    def __post_init__(self) -> None:
+        for name in ("n_prompts", "num_generations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.{name}={getattr(self, name)}: must be >= 1")
+        if self.every < 0:
+            raise ValueError(f"eval.every={self.every}: must be >= 0")
+
+
+@dataclass
 class RLReferenceConfig:
     name_or_path: str | None = field(default=None, metadata={
         "help": "The frozen reference of the KL term (None: the policy's starting weights, model.name_or_path)."})
@@ -237,6 +255,7 @@ class GRPORunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: RLLossConfig = field(default_factory=RLLossConfig)
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
 
     def __post_init__(self) -> None:
         self.check()
