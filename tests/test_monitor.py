@@ -24,7 +24,7 @@ from marginkit.diagnostics.checks.reward_scale import RewardScaleConfig, reward_
 from marginkit.diagnostics.checks.slow_start import SlowStartConfig, slow_start
 from marginkit.diagnostics.checks.stuck import StuckConfig, stuck
 from marginkit.diagnostics.checks.window import Row, Window, trend
-from marginkit.diagnostics.monitor import LN2, MarginMonitor, MonitorConfig, MonitorStopError
+from marginkit.diagnostics.monitor import LN2, MarginMonitor, MonitorConfig, MonitorStopError, RLMonitorConfig
 from marginkit.margins import MarginSpec
 
 
@@ -537,7 +537,7 @@ def test_pure_margin_gap():
 
 
 def test_every_check_has_a_message_and_renders_its_finding():
-    assert set(MESSAGES) == set(MarginMonitor().checks)
+    assert set(MESSAGES) == set(MarginMonitor().checks) | set(MarginMonitor(RLMonitorConfig()).checks)
     finding = stuck(window([{"loss": LN2, "grad_norm": 0.0}] * 10), StuckConfig())
     assert render("stuck", finding).startswith("training is stuck: for 10 steps the loss has stayed at 0.6931 "
                                                "(ln 2) with gradient norm 0.00e+00")

@@ -20,6 +20,14 @@ config, one per file in diagnostics/checks/ (docs/monitor.md):
     margin_gap     target margins far above the gaps the model produces (issue 4; "Secrets of RLHF II");
                    its warm-up and patience scale with the run's planned steps when known (issue 14)
 
+The online RL trainers (train/rl.py) run another table, RL_CHECKS with RLMonitorConfig, once per rollout
+step on that step's row (issue 16); each check is skipped while its metrics are not logged:
+
+    kl_blowup         the per-token KL to the reference (kl) above a limit, or growing fast
+    reward_hacking    the trained-on reward rising while gold/reward falls (least-squares slopes)
+    entropy_collapse  the mean token entropy near 0, or far below its step-1 value
+    length_collapse   completions all of one length, or all cut at max_new_tokens
+
 All thresholds are heuristics with documented defaults (docs/monitor.md); every check can be switched
 off or made to stop the run. The monitor's state (the window, the first loss, the cooldowns) round-trips
 through `state_dict()` so a resumed run alerts exactly as the uninterrupted one would.
@@ -34,10 +42,14 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from marginkit.diagnostics.checks.chosen_logps import ChosenLogpsConfig, chosen_logps
+from marginkit.diagnostics.checks.entropy_collapse import EntropyCollapseConfig, entropy_collapse
 from marginkit.diagnostics.checks.explosion import ExplosionConfig, explosion
 from marginkit.diagnostics.checks.first_step import FirstStepConfig, first_step
+from marginkit.diagnostics.checks.kl_blowup import KLBlowupConfig, kl_blowup
+from marginkit.diagnostics.checks.length_collapse import LengthCollapseConfig, length_collapse
 from marginkit.diagnostics.checks.margin_gap import MarginGapConfig, margin_gap
 from marginkit.diagnostics.checks.messages import render
+from marginkit.diagnostics.checks.reward_hacking import RewardHackingConfig, reward_hacking
 from marginkit.diagnostics.checks.reward_scale import RewardScaleConfig, reward_scale
 from marginkit.diagnostics.checks.slow_start import SlowStartConfig, slow_start
 from marginkit.diagnostics.checks.stuck import StuckConfig, stuck
@@ -45,7 +57,8 @@ from marginkit.diagnostics.checks.window import LN2, Finding, Row, Window
 
 __all__ = ["Alert", "MarginMonitor", "MonitorConfig", "MonitorStopError", "FirstStepConfig", "StuckConfig", "SlowStartConfig",
            "ExplosionConfig", "ChosenLogpsConfig", "RewardScaleConfig", "MarginGapConfig", "LN2", "CHECKS",
-           "window_rows"]
+           "window_rows", "RLMonitorConfig", "RL_CHECKS", "KLBlowupConfig", "RewardHackingConfig",
+           "EntropyCollapseConfig", "LengthCollapseConfig"]
 
 
 @dataclass
@@ -85,6 +98,35 @@ class MonitorConfig:
             raise ValueError("monitor.explosion.growth_factor and monitor.reward_scale.growth_factor must be > 1")
 
 
+@dataclass
+class RLMonitorConfig:
+    """The margin monitor's online-RL checks (docs/monitor.md), run once per rollout step: each can be switched
+    off or set to stop the run; each is skipped while the metrics it reads are not logged."""
+
+    enabled: bool = field(default=True, metadata={"help": "Run the monitor's RL checks after every rollout step."})
+    repeat_every: int = field(default=100, metadata={"help": "A check that alerted stays quiet this many rollout "
+                                                     "steps (0: alert once per run)."})
+    kl_blowup: KLBlowupConfig = field(default_factory=KLBlowupConfig)
+    reward_hacking: RewardHackingConfig = field(default_factory=RewardHackingConfig)
+    entropy_collapse: EntropyCollapseConfig = field(default_factory=EntropyCollapseConfig)
+    length_collapse: LengthCollapseConfig = field(default_factory=LengthCollapseConfig)
+
+    def __post_init__(self) -> None:
+        if self.repeat_every < 0:
+            raise ValueError(f"monitor.repeat_every={self.repeat_every}: must be >= 0")
+        for key, value in {"kl_blowup.window": self.kl_blowup.window,
+                           "reward_hacking.window": self.reward_hacking.window}.items():
+            if value < 2:
+                raise ValueError(f"monitor.{key}={value}: must be >= 2")
+        for key, value in {"kl_blowup.patience": self.kl_blowup.patience,
+                           "entropy_collapse.patience": self.entropy_collapse.patience,
+                           "length_collapse.patience": self.length_collapse.patience}.items():
+            if value < 1:
+                raise ValueError(f"monitor.{key}={value}: must be >= 1")
+        if self.kl_blowup.growth_factor <= 1:
+            raise ValueError(f"monitor.kl_blowup.growth_factor={self.kl_blowup.growth_factor}: must be > 1")
+
+
 @dataclass(frozen=True)
 class Check:
     """A check as the monitor runs it: `run` calls the pure check with its part of the config (and, for the
@@ -109,11 +151,26 @@ CHECKS: Mapping[str, Check] = MappingProxyType({
 })
 
 
-def window_rows(cfg: MonitorConfig) -> int:
+# The online RL trainers' table (RLMonitorConfig); one row per rollout step.
+RL_CHECKS: Mapping[str, Check] = MappingProxyType({
+    "kl_blowup": Check(lambda w, c: kl_blowup(w, c.kl_blowup),
+                       lambda c: max(c.kl_blowup.window + 1, c.kl_blowup.patience)),
+    "reward_hacking": Check(lambda w, c: reward_hacking(w, c.reward_hacking), lambda c: c.reward_hacking.window),
+    "entropy_collapse": Check(lambda w, c: entropy_collapse(w, c.entropy_collapse), lambda c: c.entropy_collapse.patience),
+    "length_collapse": Check(lambda w, c: length_collapse(w, c.length_collapse), lambda c: c.length_collapse.patience),
+})
+
+
+def checks_for(cfg: MonitorConfig | RLMonitorConfig) -> Mapping[str, Check]:
+    """The table a config runs: RL_CHECKS for RLMonitorConfig, else CHECKS."""
+    return RL_CHECKS if isinstance(cfg, RLMonitorConfig) else CHECKS
+
+
+def window_rows(cfg: MonitorConfig | RLMonitorConfig) -> int:
     """Rows the monitor keeps: the most any check reads, plus `repeat_every`, so that a check that counts
     steps in a row (stuck, slow_start, margin_gap) reports the same count at its first repeat as a running
     counter would (later repeats of an unbroken run report at most this many steps)."""
-    return max(check.rows(cfg) for check in CHECKS.values()) + cfg.repeat_every
+    return max(check.rows(cfg) for check in checks_for(cfg).values()) + cfg.repeat_every
 
 
 @dataclass(frozen=True)
@@ -162,27 +219,29 @@ class MarginMonitor:
     a check whose inputs are missing is skipped) and returns the alerts of that step.
     """
 
-    def __init__(self, cfg: MonitorConfig | None = None, expected_initial_loss: float | str | None = None,
-                 total_steps: int | None = None):
+    def __init__(self, cfg: MonitorConfig | RLMonitorConfig | None = None,
+                 expected_initial_loss: float | str | None = None, total_steps: int | None = None):
         self.cfg = cfg or MonitorConfig()
         self.expected_initial_loss = expected_initial_loss
         self.total_steps = total_steps  # the run's planned optimizer steps; the engine sets it when it knows
-        self.checks = CHECKS
+        self.checks = checks_for(self.cfg)
         self.rows: deque[Row] = deque(maxlen=window_rows(self.cfg))
         self.first_loss: float | None = None  # step 1's loss, when this run observed step 1
+        self.first_row: dict[str, float] = {}  # step 1's metrics, when this run observed step 1
         self.last_alert: dict[str, int] = {}  # check -> step of its last alert (for repeat_every)
 
     @property
     def checks_first_step(self) -> bool:
         """Whether the first-step check has an expected value to compare with."""
-        return self.cfg.first_step.enabled and self._expected() is not None
+        return "first_step" in self.checks and self.cfg.first_step.enabled and self._expected() is not None
 
     def _expected(self) -> float | str | None:
-        return self.cfg.first_step.expected if self.cfg.first_step.expected is not None else self.expected_initial_loss
+        first = getattr(self.cfg, "first_step", None)
+        return first.expected if first is not None and first.expected is not None else self.expected_initial_loss
 
     def window(self) -> Window:
         """The rows kept so far (the latest last) and the run's start, as the checks read them."""
-        return Window(tuple(self.rows), self.first_loss, self._expected(), self.total_steps)
+        return Window(tuple(self.rows), self.first_loss, self._expected(), self.total_steps, dict(self.first_row))
 
     def observe(self, step: int, metrics: dict[str, float]) -> list[Alert]:
         if not self.cfg.enabled:
@@ -190,6 +249,8 @@ class MarginMonitor:
         self.rows.append(Row(step, dict(metrics)))
         if step == 1 and "loss" in metrics and self.first_loss is None:
             self.first_loss = metrics["loss"]
+        if step == 1 and not self.first_row:
+            self.first_row = dict(metrics)
         window, alerts = self.window(), []
         for name, check in self.checks.items():
             check_cfg = getattr(self.cfg, name)
@@ -211,6 +272,7 @@ class MarginMonitor:
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": [[row.step, dict(row.metrics)] for row in self.rows], "first_loss": self.first_loss,
+                "first_row": dict(self.first_row),
                 "checks": {name: {"last_alert": self.last_alert.get(name)} for name in self.checks}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -224,5 +286,6 @@ class MarginMonitor:
             return
         self.rows = deque((Row(int(step), dict(m)) for step, m in state["rows"]), maxlen=window_rows(self.cfg))
         self.first_loss = state["first_loss"]
+        self.first_row = dict(state.get("first_row") or {})  # absent in states written before the RL checks
         # a check missing from the state (added after the checkpoint was written) starts without a cooldown
         self.last_alert = {name: c["last_alert"] for name, c in checks.items() if c.get("last_alert") is not None}

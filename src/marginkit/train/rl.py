@@ -18,10 +18,11 @@ A resumed run continues the same run: prompts, sampling seeds and minibatch orde
 so the rollouts after a resume are those of the uninterrupted run (tests/test_rl_train.py, test_rl_ppo.py).
 
 Contract. One process (several processes are not done yet: refused). Policy dropout is off (PolicyConfig's
-default), so the policy at step 0 equals its reference and KL starts at 0. Not done yet: the margin
-monitor's RL checks. SIGINT or SIGTERM finishes the current rollout step, writes a checkpoint and the
-model, and raises TrainingInterrupted (train/interrupt.py); a run killed outright resumes from its last
-save_every checkpoint.
+default), so the policy at step 0 equals its reference and KL starts at 0. After each rollout step the
+margin monitor's RL checks (train.monitor, docs/monitor.md) read that step's row; alerts go to the console
+and alerts.jsonl, and a check with action=stop ends the run (no checkpoint) with MonitorStopError. SIGINT
+or SIGTERM finishes the current rollout step, writes a checkpoint and the model, and raises
+TrainingInterrupted (train/interrupt.py); a run killed outright resumes from its last save_every checkpoint.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from transformers import get_scheduler
 
 from marginkit.atomic import write_dir_atomic, write_text_atomic
 from marginkit.configlib import ConfigError, flatten, to_dict
+from marginkit.diagnostics.monitor import MarginMonitor, MonitorStopError
 from marginkit.losses.rl import KL_ESTIMATORS, grpo_advantages, rloo_advantages
 from marginkit.models.generation import Completions, HFGenerator, completion_logps
 from marginkit.models.policy import PolicyConfig, load_policy, save_policy
@@ -80,7 +82,7 @@ __all__ = ["RLRunResult", "Rollout", "load_prompts", "load_eval_prompts", "evalu
 _BOOKKEEPING = {"train.output_dir", "train.log_every", "train.save_every", "train.save_total_limit",
                 "train.resume_from", "train.resume_allow_changes", "train.overwrite", "train.report_to",
                 "train.progress_bar"}
-_RUN_OUTPUTS = ("checkpoints", "model", "metrics.jsonl", "marginkit")
+_RUN_OUTPUTS = ("checkpoints", "model", "metrics.jsonl", "alerts.jsonl", "marginkit")
 
 
 @dataclass
@@ -153,7 +155,8 @@ def rl_identity(cfg: GRPORunConfig) -> dict[str, Any]:
     """The run identity (train/identity.py's format): every setting but the bookkeeping ones, and their hash."""
     import hashlib
 
-    settings = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in _BOOKKEEPING}
+    settings = {k: v for k, v in flatten(to_dict(cfg)).items()
+                if k not in _BOOKKEEPING and not k.startswith("train.monitor.")}  # the monitor only watches
     settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
     return {"hash": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(), "settings": settings}
 
@@ -374,15 +377,16 @@ def _window(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _save(cfg: GRPORunConfig, step: int, *, save_model: Callable, optimizer: Any, scheduler: Any,
-          identity: dict[str, Any], out: Path) -> Path:
+          identity: dict[str, Any], out: Path, monitor: MarginMonitor) -> Path:
     state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-             "run_identity": identity}
+             "run_identity": identity, "monitor": monitor.state_dict()}
     return save_checkpoint(out / "checkpoints" / f"step-{step:06d}", save_model, state, keep=cfg.train.save_total_limit,
                            files={IDENTITY_FILE: json.dumps(identity, indent=2) + "\n"})
 
 
-def _resume(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, metrics: Path) -> int:
-    """Weights, optimizer, schedule and RNG from a checkpoint; metrics rows after its step dropped. Returns its step."""
+def _resume(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, metrics: Path, monitor: MarginMonitor) -> int:
+    """Weights, optimizer, schedule, RNG and the monitor's state from a checkpoint; metrics rows and alerts after its
+    step dropped. Returns its step."""
     state = load_trainer_state(path)
     weights = type(model).from_pretrained(path / "model", dtype=next(model.parameters()).dtype).state_dict()
     result = model.load_state_dict(weights, strict=False)  # tied weights are saved once
@@ -391,9 +395,12 @@ def _resume(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, metric
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    if metrics.exists():
-        kept = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= state["step"]]
-        write_text_atomic(metrics, "".join(line + "\n" for line in kept))
+    if "monitor" in state:  # absent in checkpoints written before the RL checks: the monitor starts afresh
+        monitor.load_state_dict(state["monitor"])
+    for log in (metrics, metrics.with_name("alerts.jsonl")):
+        if log.exists():
+            kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= state["step"]]
+            write_text_atomic(log, "".join(line + "\n" for line in kept))
     return state["step"]
 
 
@@ -415,6 +422,7 @@ class _Run:
     on_world: bool
     metrics_path: Path
     save: Callable[[int], Path]
+    monitor: MarginMonitor  # the RL checks: MarginMonitor(cfg.train.monitor)
     value_model: ValueModel | None = None  # train-ppo only
     value_cfg: ValueConfig | None = None
     eval_prompts: list[Any] = field(default_factory=list)  # empty: no evaluation
@@ -465,7 +473,8 @@ def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: 
             save_value_model(value_model, path / VALUE_DIR)
 
     metrics_path = out / "metrics.jsonl"
-    start = _resume(ckpt, inner, optimizer, scheduler, metrics_path) if ckpt else 0
+    monitor = MarginMonitor(cfg.train.monitor, total_steps=cfg.train.max_steps)
+    start = _resume(ckpt, inner, optimizer, scheduler, metrics_path, monitor) if ckpt else 0
     if ckpt and value_model is not None:
         load_value_weights(value_model, ckpt / "model" / VALUE_DIR)
     if cfg.train.report_to:
@@ -478,7 +487,7 @@ def train_rl(cfg: GRPORunConfig, console: Callable[[str], None] = print, stage: 
                            "rloo": rloo_advantages}.get(cfg.loss.advantage),  # None for PPO's gae
                KL_ESTIMATORS[cfg.loss.kl_estimator], pool, on_world, metrics_path,
                partial(_save, cfg, save_model=save_model, optimizer=optimizer, scheduler=scheduler, identity=identity,
-                       out=out), value_model, getattr(cfg, "value", None), *load_eval_prompts(cfg))
+                       out=out, monitor=monitor), monitor, value_model, getattr(cfg, "value", None), *load_eval_prompts(cfg))
     say(f"{stage}: {len(pool)} prompts ({cfg.rollout.prompts}), reward {cfg.reward}; each step {cfg.rollout.prompts_per_step} "
         f"prompts x {cfg.rollout.num_generations} completions, {steps_per_rollout} optimizer step(s); {total} optimizer "
         f"steps in {cfg.train.max_steps} rollout steps; reference {'none (beta=0)' if reference is None else 'frozen'}")
@@ -514,6 +523,7 @@ def _loop(run: _Run, start: int, signals: StopSignals) -> list[dict[str, Any]]:
         row.update({"time/rollout_seconds": rolled - started, "time/update_seconds": time.perf_counter() - rolled})
         window.append(row)
         bar.update(1)
+        _watch(run, step + 1, row, bar)
         stopping = signals.received is not None and step + 1 < cfg.train.max_steps
         saving = stopping or bool(cfg.train.save_every and (step + 1) % cfg.train.save_every == 0)
         # A checkpoint closes the logging window, so a resumed run logs the rows the uninterrupted one logs.
@@ -532,6 +542,22 @@ def _loop(run: _Run, start: int, signals: StopSignals) -> list[dict[str, Any]]:
             break
     bar.close()
     return history
+
+
+def _watch(run: _Run, step: int, row: dict[str, float], bar: Any) -> None:
+    """The monitor's RL checks on this rollout step's row: alerts to the console and alerts.jsonl; an alert of
+    a check with action=stop closes the bar and raises MonitorStopError (no checkpoint for this step)."""
+    alerts = run.monitor.observe(step, {k: v for k, v in row.items() if not k.startswith("time/")})
+    path = run.metrics_path.with_name("alerts.jsonl")
+    for alert in alerts:
+        if run.acc.is_main_process:
+            run.acc.print(str(alert))
+            with path.open("a") as f:
+                f.write(json.dumps(alert.to_dict()) + "\n")
+    stop = next((a for a in alerts if a.severity == "stop"), None)
+    if stop is not None:
+        bar.close()
+        raise MonitorStopError(stop, str(path))
 
 
 def _write_row(row: dict[str, Any], metrics_path: Path, acc: Accelerator) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from marginkit.diagnostics.monitor import RLMonitorConfig
 from marginkit.losses.rl import LossAggregation
 from marginkit.models.policy import PolicyConfig
 
@@ -225,6 +226,7 @@ class RLTrainConfig:
     report_to: list[str] = field(default_factory=list, metadata={
         "help": "Extra trackers via Accelerate (tensorboard, wandb, trackio); JSONL is always written."})
     progress_bar: bool = field(default=True, metadata={"help": "Show a progress bar on the main process."})
+    monitor: RLMonitorConfig = field(default_factory=RLMonitorConfig)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "log_every"):

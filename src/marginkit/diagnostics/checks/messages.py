@@ -89,6 +89,36 @@ MESSAGES: Mapping[str, Message] = MappingProxyType({
             "without bound, which destabilises them (Wang et al. 2024, 'Secrets of RLHF Part II').",
         fix="Fixes: lower the margin scale, clip the margins, warm them up, or filter which pairs get a margin (the "
             "confidence margin's below-batch-mean filter)."),
+    "kl_blowup": Message(
+        what="KL blow-up: the per-token KL to the reference is {kl:.3f} nats, {how}.",
+        why="The policy has moved far from its reference, usually by exploiting the reward (longer or degenerate "
+            "completions the reward model over-scores); past a few nats per token the samples rarely read like the "
+            "reference's any more.",
+        fix="Fixes: a larger beta (loss.beta), a lower learning rate, fewer optimisation passes per rollout "
+            "(loss.num_iterations), a tighter clip range, or stop at an earlier checkpoint.",
+        how={"above": "above {max_kl:g} for {steps} steps", "growth": "{ratio:.1f}x its value {window} steps ago"}),
+    "reward_hacking": Message(
+        what="reward hacking: over the last {window} steps the trained-on reward rose by {rise:.3f} (now {reward:.3f}) "
+             "while gold/reward fell by {fall:.3f} (now {gold/reward:.3f}).",
+        why="The policy is exploiting the reward model's errors (over-optimisation, Gao et al. 2022): what it is "
+            "paid for and what is actually good have come apart; the KL to the reference usually grows with it.",
+        fix="Fixes: stop here or keep an earlier checkpoint (the gold reward's peak), raise beta, lower the learning "
+            "rate, or train a better reward model (more data, margins, an ensemble)."),
+    "entropy_collapse": Message(
+        what="entropy collapse: the mean token entropy is {entropy:.4f} nats, {how}, for {steps:.0f} steps.",
+        why="Sampling has become almost deterministic: the completions of a group look alike, the group baselines "
+            "see no reward spread (frac_reward_zero_std rises) and the policy stops exploring.",
+        fix="Fixes: a lower learning rate, a larger beta, a higher rollout.temperature, fewer optimisation passes "
+            "per rollout, or an entropy bonus.",
+        how={"floor": "below {min_entropy:g}", "fraction": "{fraction:.1%} of its step-1 value {entropy@1:.4f}"}),
+    "length_collapse": Message(
+        what="completion lengths have collapsed: {how} (min {completions/min_length:.0f}, max "
+             "{completions/max_length:.0f} tokens) for {steps:.0f} steps.",
+        why="The policy has found one length the reward favours (an RM that prefers long answers pushes every "
+            "completion to max_new_tokens); the length, not the content, is being optimised.",
+        fix="Fixes: check the reward for a length bias (score truncated and short completions), a length penalty or "
+            "length-normalised reward, a larger beta, a larger rollout.max_new_tokens if answers are cut.",
+        how={"spread": "every completion has the same length", "cap": "every completion hits the max_new_tokens cap"}),
 })
 
 

@@ -41,12 +41,14 @@ class Window:
         that holds it (an RM with a zero head: "diagnostics/loss_at_zero_gap"), or None when unknown.
     total_steps: the run's planned optimizer steps when the trainer said (None: unknown); a check that waits
         a number of steps may scale that wait to the run (margin_gap does).
+    first: step 1's metrics if this run observed step 1 (empty otherwise); entropy_collapse compares with it.
     """
 
     rows: Sequence[Row]
     first_loss: float | None = None
     expected_initial_loss: float | str | None = None
     total_steps: int | None = None
+    first: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def now(self) -> Row:
