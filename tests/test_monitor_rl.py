@@ -188,3 +188,5 @@ def test_a_grpo_run_stopped_by_the_monitor_writes_alerts_and_no_checkpoint(tmp_p
     alerts = [json.loads(line) for line in (tmp_path / "run" / "alerts.jsonl").read_text().splitlines()]
     assert [(a["step"], a["check"], a["severity"]) for a in alerts] == [(2, "length_collapse", "stop")]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000001"]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2]  # the stopped step's metrics are written

@@ -523,7 +523,12 @@ def _loop(run: _Run, start: int, signals: StopSignals) -> list[dict[str, Any]]:
         row.update({"time/rollout_seconds": rolled - started, "time/update_seconds": time.perf_counter() - rolled})
         window.append(row)
         bar.update(1)
-        _watch(run, step + 1, row, bar)
+        try:
+            _watch(run, step + 1, row, bar)
+        except MonitorStopError:  # the metrics of the window so far are written, as train-dpo does
+            history.append({"step": step + 1, **_window(window)})
+            _write_row(history[-1], run.metrics_path, acc)
+            raise
         stopping = signals.received is not None and step + 1 < cfg.train.max_steps
         saving = stopping or bool(cfg.train.save_every and (step + 1) % cfg.train.save_every == 0)
         # A checkpoint closes the logging window, so a resumed run logs the rows the uninterrupted one logs.
