@@ -171,14 +171,11 @@ def test_rl_monitor_config_refuses_bad_windows(key):
 
 
 def test_a_grpo_run_stopped_by_the_monitor_writes_alerts_and_no_checkpoint(tmp_path):
-    from marginkit.data.world import WorldConfig, make_world
-    from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
+    from _rl_helpers import make_world_lm
+    from _rl_helpers import rl_config as config
     from marginkit.train.rl import train_grpo
-    from test_rl_train import config
 
-    world = make_world(WorldConfig(seed=0, n_train=1, n_val=0, n_test=0))
-    lm = make_tiny_model_dir(tmp_path / "lm", build_word_tokenizer(world.vocabulary()), hidden_size=16, num_layers=1,
-                             max_positions=128, seed=0)
+    lm = make_world_lm(tmp_path / "lm")
     # every rollout counts as collapsed (a spread of up to 8 tokens, max_new_tokens) from step 1: stop at step 2
     cfg = config(lm, tmp_path / "run", train={"max_steps": 3, "save_every": 1, "monitor": {
         "length_collapse": {"max_spread": 8, "patience": 2, "action": "stop"}}})

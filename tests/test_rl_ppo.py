@@ -3,16 +3,13 @@ steps, learning rate 0 changes nothing, resume equals the uninterrupted run, ref
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torch.testing import assert_close
 
 from _engine_helpers import load_weights, one_torch_thread
+from _rl_helpers import make_world_lm, metric_rows, rl_config
 from marginkit.configlib import ConfigError, from_dict, load_config
-from marginkit.data.world import WorldConfig, make_world
-from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
 from marginkit.train.rl import train_ppo
 from marginkit.train.rl_config import GRPORunConfig, PPORunConfig
 from marginkit.train.rl_value import (
@@ -60,9 +57,7 @@ def test_ppo_advantages_without_whitening_are_gae_of_the_token_rewards():
 
 @pytest.fixture(scope="module")
 def world_lm(tmp_path_factory):
-    world = make_world(WorldConfig(seed=0, n_train=1, n_val=0, n_test=0))
-    return make_tiny_model_dir(tmp_path_factory.mktemp("ppo_lm") / "lm", build_word_tokenizer(world.vocabulary()),
-                               hidden_size=16, num_layers=1, max_positions=128, seed=0)
+    return make_world_lm(tmp_path_factory.mktemp("ppo_lm") / "lm")
 
 
 def test_value_model_starts_at_zero(world_lm):
@@ -72,19 +67,12 @@ def test_value_model_starts_at_zero(world_lm):
 
 
 def config(model_dir, out, **sections) -> PPORunConfig:
-    base = {"model": {"name_or_path": str(model_dir)}, "reward": "world",
-            "rollout": {"prompts": "world:train", "prompt_pool": 16, "prompts_per_step": 4, "num_generations": 1,
-                        "max_new_tokens": 8},
-            "loss": {"num_iterations": 2, "num_minibatches": 2},
-            "train": {"output_dir": str(out), "max_steps": 3, "learning_rate": 1e-2, "mixed_precision": "no",
-                      "progress_bar": False, "seed": 1}}
-    for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
-    return from_dict(PPORunConfig, base)
+    """rl_helpers' run with PPO's rollout: 4 prompts x 1 completion."""
+    rollout = {"prompts_per_step": 4, "num_generations": 1, **sections.pop("rollout", {})}
+    return rl_config(model_dir, out, PPORunConfig, rollout=rollout, **sections)
 
 
-def rows(out) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+rows = metric_rows
 
 
 def test_ppo_runs_a_few_steps_and_saves_the_value_model(tmp_path, world_lm):

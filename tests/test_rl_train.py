@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from _engine_helpers import load_weights, make_pairs, one_torch_thread, run_config, train, vocab_words
-from marginkit.configlib import ConfigError, from_dict, load_config
+from _rl_helpers import make_world_lm, metric_rows, rl_config
+from marginkit.configlib import ConfigError, load_config
 from marginkit.data.world import WorldConfig, make_world, true_rewards
 from marginkit.models.generation import HFGenerator
 from marginkit.models.policy import PolicyConfig, load_policy
-from marginkit.models.tiny import build_word_tokenizer, make_tiny_model_dir
 from marginkit.train.engine import TrainingInterrupted
 from marginkit.train.rl import load_prompts, step_prompts, train_grpo, train_rloo
 from marginkit.train.rl_config import GRPORunConfig, RLOORunConfig
@@ -34,27 +34,10 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def world_lm(tmp_path_factory):
-    """A 1-layer GPT-NeoX (hidden 16) with the world's word tokenizer, randomly initialised."""
-    world = make_world(WorldConfig(seed=0, n_train=1, n_val=0, n_test=0))
-    tokenizer = build_word_tokenizer(world.vocabulary())
-    return make_tiny_model_dir(tmp_path_factory.mktemp("world_lm") / "lm", tokenizer, hidden_size=16, num_layers=1,
-                               max_positions=128, seed=0)
+    return make_world_lm(tmp_path_factory.mktemp("world_lm") / "lm")
 
 
-def config(model_dir, out, cls=GRPORunConfig, **sections) -> GRPORunConfig:
-    base = {"model": {"name_or_path": str(model_dir)}, "reward": "world",
-            "rollout": {"prompts": "world:train", "prompt_pool": 16, "prompts_per_step": 2, "num_generations": 3,
-                        "max_new_tokens": 8},
-            "loss": {"num_iterations": 2, "num_minibatches": 2},
-            "train": {"output_dir": str(out), "max_steps": 3, "learning_rate": 1e-2, "mixed_precision": "no",
-                      "progress_bar": False, "seed": 1}}
-    for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
-    return from_dict(cls, base)
-
-
-def rows(out) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+config, rows = rl_config, metric_rows
 
 
 def test_grpo_runs_a_few_steps_and_logs_trl_names(tmp_path, world_lm):
