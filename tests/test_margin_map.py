@@ -227,3 +227,18 @@ def test_quick_map_end_to_end(tmp_path) -> None:
     assert len(read_rows(tmp_path / "rows.csv.gz")) == len(rows)
     assert "PASS" in controls_block(rows)
     assert (tmp_path / "map" / "study.md").exists() is False  # run_map writes rows; the CLI writes study.md
+
+
+def test_two_jobs_give_the_rows_of_one(tmp_path) -> None:
+    """The docs' rows were made with --jobs 2: units in worker processes give the rows of one process."""
+    kw = dict(seeds=[0, 1], sizes=[100], noises=["bt:0.5"], variants=["bt", "label-0.5", "conf-batch"],
+              transformer_sizes=[], linear_steps=30, n_evals=3, bon_prompts=10, n_val=50, n_test=100, n_ood=50)
+    one = run_map(MapConfig(out=str(tmp_path / "one"), jobs=1, **kw), log=lambda s: None)
+    two = run_map(MapConfig(out=str(tmp_path / "two"), jobs=2, **kw), log=lambda s: None)
+
+    def key(rows):
+        return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows),
+                      key=lambda r: (r["seed"], r["variant"]))
+
+    assert len(one) == 2 * 3
+    assert key(one) == key(two)

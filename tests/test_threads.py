@@ -52,3 +52,21 @@ def test_configs_default_to_one_thread_and_reject_bad_values(cls):
     assert cls().threads == 1  # 1 thread: 47 s vs 407 s beside another job (issue 14), same digits everywhere
     with pytest.raises(ValueError, match="threads=-2"):
         cls(threads=-2)
+
+
+def _square_plus(x: int, y: int) -> int:
+    return x * x + y
+
+
+def test_run_units_gives_each_unit_its_result_in_process_and_in_workers() -> None:
+    from marginkit.threads import run_units
+
+    units = [(1, 0), (2, 1), (3, 2)]
+    said: list[str] = []
+    serial = dict(run_units(_square_plus, units, jobs=1, threads=1, say=said.append))
+    assert serial == {(1, 0): 1, (2, 1): 5, (3, 2): 11}
+    assert said == ["torch threads: 1 per process (threads=1)"]
+    said.clear()
+    parallel = dict(run_units(_square_plus, units, jobs=2, threads=1, say=said.append))
+    assert parallel == serial
+    assert said == ["torch threads: 1 in each of 2 processes (threads=1)"]

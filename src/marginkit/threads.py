@@ -12,10 +12,11 @@ the rest of the machine, at least 1, shared out among `jobs` worker processes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["THREADS_HELP", "check_threads", "choose_threads", "free_cores", "torch_threads"]
+__all__ = ["THREADS_HELP", "check_threads", "choose_threads", "free_cores", "torch_threads", "run_units"]
 
 THREADS_HELP = ("torch intra-op threads per process during the run (restored after). 0: the cores that look "
                 "free (usable cores minus the 1-minute load average, shared among the jobs), -1: torch's own "
@@ -79,3 +80,35 @@ def torch_threads(requested: int, say: Callable[[str], None] | None = print, job
         yield n
     finally:
         torch.set_num_threads(before)
+
+
+def run_units(fn: Callable[..., Any], units: Sequence[tuple[Any, ...]], jobs: int, threads: int,
+              say: Callable[[str], None] = print) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    """Yield (unit, fn(*unit)) for every unit of a study, as each finishes: in this process under
+    `torch_threads(threads)` when jobs <= 1 or there is one unit, else in min(jobs, len(units)) worker
+    processes, each with its share of the cores (`choose_threads`) and the libraries' chatter quieted.
+    For jobs > 1, `fn` must pickle (a module-level function, or a functools.partial of one)."""
+    if jobs <= 1 or len(units) <= 1:
+        with torch_threads(threads, say):
+            for unit in units:
+                yield unit, fn(*unit)
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    n = min(jobs, len(units))
+    per_process, why = choose_threads(threads, n)
+    say(f"torch threads: {per_process} in each of {n} processes ({why})")
+    with ProcessPoolExecutor(n) as pool:
+        futures = {pool.submit(_run_in_worker, fn, unit, per_process): unit for unit in units}
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+
+
+def _run_in_worker(fn: Callable[..., Any], unit: tuple[Any, ...], threads: int) -> Any:
+    import torch
+
+    from marginkit.console import quiet_libraries
+
+    torch.set_num_threads(threads)
+    quiet_libraries()
+    return fn(*unit)

@@ -30,16 +30,15 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from marginkit.console import quiet_libraries
 from marginkit.evaluate.stats import format_interval, t_interval
-from marginkit.threads import THREADS_HELP, check_threads, choose_threads, torch_threads
+from marginkit.threads import THREADS_HELP, check_threads, run_units
 
 __all__ = ["StudyVariant", "STUDY_VARIANTS", "StudySize", "STUDY_SIZES", "StudyConfig", "run_study", "summarize",
            "format_markdown"]
@@ -228,14 +227,6 @@ def run_unit(cfg: StudyConfig, noise: float, seed: int, todo: Sequence[str],
     return rows
 
 
-def _unit_worker(cfg: StudyConfig, noise: float, seed: int, todo: list[str], threads: int) -> list[dict[str, Any]]:
-    import torch
-
-    torch.set_num_threads(threads)
-    quiet_libraries()
-    return run_unit(cfg, noise, seed, todo)
-
-
 # ----------------------------------------------------------------------------- the whole study
 
 
@@ -259,20 +250,11 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict[str,
         f"{sum(len(t) for *_, t in units)} runs to do ({len(done)} done), {cfg.jobs} job(s), size {cfg.size}")
     (out / "study_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=list) + "\n")
     started = time.perf_counter()
-    if cfg.jobs <= 1:
-        with torch_threads(cfg.threads, log):
-            for noise, seed, todo in units:
-                _append(results, run_unit(cfg, noise, seed, todo, log))
-    else:
-        threads, why = choose_threads(cfg.threads, cfg.jobs)
-        log(f"torch threads: {threads} per process ({why})")
-        with ProcessPoolExecutor(cfg.jobs) as pool:
-            futures = {pool.submit(_unit_worker, cfg, n, s, t, threads): (n, s) for n, s, t in units}
-            for fut in as_completed(futures):
-                rows = fut.result()
-                _append(results, rows)
-                n, s = futures[fut]
-                log(f"noise {n:g} seed {s}: " + ", ".join(f"{r['variant']} {r['acc']:.3f}" for r in rows))
+    fn = partial(run_unit, cfg, log=log) if cfg.jobs <= 1 else partial(run_unit, cfg)
+    for (n, s, _), rows in run_units(fn, units, cfg.jobs, cfg.threads, log):
+        _append(results, rows)
+        if cfg.jobs > 1:
+            log(f"noise {n:g} seed {s}: " + ", ".join(f"{r['variant']} {r['acc']:.3f}" for r in rows))
     rows = [r for r in _read_rows(results) if r["variant"] in {v.name for v in variants}
             and r["noise"] in set(cfg.noises) and r["seed"] in set(cfg.seeds)]
     summary = summarize(rows)

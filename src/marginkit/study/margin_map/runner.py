@@ -15,15 +15,15 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from marginkit.study.margin_map.variants import VARIANTS, MapVariant
-from marginkit.threads import THREADS_HELP, check_threads, choose_threads, torch_threads
+from marginkit.threads import THREADS_HELP, check_threads, run_units
 
 __all__ = ["MapConfig", "parse_noise", "run_unit", "run_map", "QUICK", "ROW_FILE"]
 
@@ -267,14 +267,8 @@ def run_unit(cfg: MapConfig, rm: str, noise: str, seed: int, log: Callable[[str]
     return rows
 
 
-def _worker(cfg: MapConfig, rm: str, noise: str, seed: int, threads: int) -> list[dict[str, Any]]:
-    import torch
-
-    from marginkit.console import quiet_libraries
-
-    torch.set_num_threads(threads)
-    quiet_libraries()
-    return run_unit(cfg, rm, noise, seed, log=lambda s: None)
+def _silent(message: str) -> None:
+    """The log of a unit in a worker process (its rows are reported when it ends)."""
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -295,21 +289,10 @@ def run_map(cfg: MapConfig, log: Callable[[str], None] = print) -> list[dict[str
     log(f"margin map: {len(cfg.units())} units (RM class x noise x seed), {len(todo)} to run, {cfg.jobs} job(s)")
     (out / "map_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     started = time.perf_counter()
-    if cfg.jobs <= 1:
-        with torch_threads(cfg.threads, log):
-            for rm, noise, seed in todo:
-                _append(results, run_unit(cfg, rm, noise, seed, log))
-    else:
-        threads, why = choose_threads(cfg.threads, cfg.jobs)
-        log(f"torch threads: {threads} per process ({why})")
-        with ProcessPoolExecutor(cfg.jobs) as pool:
-            futures = {pool.submit(_worker, cfg, *u, threads): u for u in todo}
-            for k, fut in enumerate(as_completed(futures), 1):
-                rows = fut.result()
-                _append(results, rows)
-                rm, noise, seed = futures[fut]
-                log(f"[{k}/{len(todo)}] {rm} {noise} seed {seed}: {len(rows)} rows "
-                    f"({time.perf_counter() - started:.0f} s)")
+    fn = partial(run_unit, cfg, log=log if cfg.jobs <= 1 else _silent)
+    for k, ((rm, noise, seed), rows) in enumerate(run_units(fn, todo, cfg.jobs, cfg.threads, log), 1):
+        _append(results, rows)
+        log(f"[{k}/{len(todo)}] {rm} {noise} seed {seed}: {len(rows)} rows ({time.perf_counter() - started:.0f} s)")
     wanted = set(cfg.units())
     rows = [r for r in read_results(results) if (r["rm"], r["noise"], r["seed"]) in wanted]
     log(f"margin map: {len(rows)} rows, {time.perf_counter() - started:.0f} s")
