@@ -144,7 +144,6 @@ def test_pair_step_uses_the_margin_interface_and_starts_at_ln2() -> None:
     model = LinearRM(data.xc.shape[1])
     rc, hc = model(data.xc)
     rr, hr = model(data.xr)
-    from marginkit.margins import build_margin  # noqa: F401 (the variants go through it in fit.build_strategy)
     from marginkit.study.margin_map.fit import build_strategy
 
     idx = torch.arange(64)
@@ -226,7 +225,7 @@ def test_quick_map_end_to_end(tmp_path) -> None:
 
     assert len(read_rows(tmp_path / "rows.csv.gz")) == len(rows)
     assert "PASS" in controls_block(rows)
-    assert (tmp_path / "map" / "study.md").exists() is False  # run_map writes rows; the CLI writes study.md
+    assert not (tmp_path / "map" / "study.md").exists()  # run_map writes rows; the CLI writes study.md
 
 
 def test_two_jobs_give_the_rows_of_one(tmp_path) -> None:

@@ -1,6 +1,6 @@
 """The margin monitor's online-RL checks (issue 16): kl_blowup, reward_hacking, entropy_collapse and
 length_collapse, each on hand-worked windows (one that fires, one that does not, the boundary); the RL
-table on docs/rl.md's recorded over-optimisation series; and a tiny GRPO run whose monitor stops it."""
+table on an over-optimisation series; and a tiny GRPO run whose monitor stops it."""
 
 from __future__ import annotations
 
@@ -120,9 +120,10 @@ def test_length_collapse_all_at_the_cap():
 # ---- the RL table ----
 
 def over_optimised_series() -> list[dict[str, float]]:
-    """100 rollout steps through docs/rl.md's over-optimised GRPO run (GRPO against a small BT RM on the world;
-    logged every 25 steps: RM reward 0.48, 1.08, 1.77, 1.94; gold +0.09, -0.41, -3.58, -4.12; kl 0.11, 0.88,
-    2.54, 5.21; mean length 8.7, 11.4, 21.8, 23.5), linearly interpolated between those points."""
+    """100 rollout steps shaped like a hand-run over-optimised GRPO run (GRPO against a small BT RM on the world,
+    docs/rl.md; its numbers are test inputs here, not evidence), logged every 25 steps: RM reward 0.48, 1.08,
+    1.77, 1.94; gold +0.09, -0.41, -3.58, -4.12; kl 0.11, 0.88, 2.54, 5.21; mean length 8.7, 11.4, 21.8, 23.5,
+    linearly interpolated between those points."""
     points = {"reward": [0.48, 1.08, 1.77, 1.94], "gold/reward": [0.09, -0.41, -3.58, -4.12],
               "kl": [0.11, 0.88, 2.54, 5.21], "completions/mean_length": [8.7, 11.4, 21.8, 23.5]}
     rows = []
