@@ -190,7 +190,8 @@ def kl_k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
-def token_weights(mask: Tensor, aggregation: LossAggregation, max_completion_length: int | None = None) -> Tensor:
+def token_weights(mask: Tensor, aggregation: LossAggregation, max_completion_length: int | None = None, *,
+                  n_rows: int | None = None, n_tokens: Tensor | float | None = None) -> Tensor:
     """[N, T] weights w such that Σ_t,n w_nt l_nt is the batch loss, for the three aggregations in use:
 
         grpo     (1/N) Σ_n (1/|o_n|) Σ_t l_nt   each sequence's mean, then the mean over sequences
@@ -202,22 +203,33 @@ def token_weights(mask: Tensor, aggregation: LossAggregation, max_completion_len
 
     Under "grpo" a token of a long completion weighs less than one of a short completion, so a wrong long
     answer is penalised less per token (the length bias Dr. GRPO removes). A row with no token weighs 0.
+
+    Data-parallel training: each process holds some rows of the batch, and DDP averages the processes'
+    gradients. N and Σ_n |o_n| are then the *whole* batch's (n_rows, n_tokens: every process passes the
+    same), so the weights of all processes together are the one-process weights and the sum of their losses
+    is the one-process loss; the caller multiplies by the number of processes to undo DDP's average. None:
+    this batch's own N and token count (one process).
     """
     m = mask.float()
+    rows = m.shape[0] if n_rows is None else n_rows
     if aggregation == "grpo":
-        return m / m.sum(-1, keepdim=True).clamp(min=1.0) / m.shape[0]
+        return m / m.sum(-1, keepdim=True).clamp(min=1.0) / rows
     if aggregation == "bnpo":
-        return m / m.sum().clamp(min=1.0)
+        tokens = m.sum() if n_tokens is None else torch.as_tensor(n_tokens, dtype=m.dtype, device=m.device)
+        return m / tokens.clamp(min=1.0)
     if aggregation == "dr_grpo":
         if not max_completion_length or max_completion_length < 1:
             raise ValueError(f"token_weights: aggregation=dr_grpo needs max_completion_length >= 1; got "
                              f"{max_completion_length}")
-        return m / (m.shape[0] * max_completion_length)
+        return m / (rows * max_completion_length)
     raise ValueError(f"token_weights: aggregation={aggregation!r}; known: grpo, bnpo, dr_grpo")
 
 
 def aggregate_tokens(per_token: Tensor, mask: Tensor, aggregation: LossAggregation,
-                     max_completion_length: int | None = None) -> Tensor:
-    """The scalar Σ w_nt l_nt with w = `token_weights(mask, aggregation, ...)` (per_token [N, T], with grad)."""
+                     max_completion_length: int | None = None, *, n_rows: int | None = None,
+                     n_tokens: Tensor | float | None = None) -> Tensor:
+    """The scalar Σ w_nt l_nt with w = `token_weights(mask, aggregation, ...)` (per_token [N, T], with grad);
+    n_rows, n_tokens: the whole batch's, when these rows are one process's share of it (`token_weights`)."""
     _check_same("aggregate_tokens", 2, per_token=per_token, mask=mask)
-    return (per_token.float() * token_weights(mask, aggregation, max_completion_length)).sum()
+    weights = token_weights(mask, aggregation, max_completion_length, n_rows=n_rows, n_tokens=n_tokens)
+    return (per_token.float() * weights).sum()

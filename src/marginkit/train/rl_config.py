@@ -46,6 +46,10 @@ class RolloutConfig:
         "help": "Prompt rendering, as tokenize.template: chat template for message prompts (auto), or plain text."})
     generation_batch_size: int = field(default=64, metadata={
         "help": "Rows per `generate` call and per no-grad forward of the old and reference log-probs."})
+    seed_per_prompt: bool = field(default=False, metadata={
+        "help": "Sample each prompt's K completions with their own seed (seed, step, the prompt's place in the "
+                "step), one `generate` call per prompt: the rollouts are then the same on any number of processes "
+                "(docs/rl.md, Multi-process). false: one seed per process's share, batched across prompts (faster)."})
 
     def __post_init__(self) -> None:
         for name in ("prompt_pool", "prompts_per_step", "max_new_tokens", "generation_batch_size"):

@@ -22,11 +22,14 @@ __all__ = ["rl_step"]
 
 def rl_step(model: nn.Module, batch: dict[str, torch.Tensor], loss_cfg: RLLossConfig,
             kl_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], temperature: float, max_new_tokens: int,
-            chunk_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            chunk_size: int | None = None, *, n_rows: int | None = None, n_tokens: torch.Tensor | float | None = None,
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The minibatch's scalar loss (with grad) and metric sums over its completion tokens (detached).
 
     batch: input_ids, attention_mask, completion_mask [n, T]; old_logps [n, T-1] (the sampling policy's,
     detached); ref_logps [n, T-1] or absent (beta = 0); advantages [n] (one per completion, every token).
+    n_rows, n_tokens: the global minibatch's completions and completion tokens when `batch` is one process's
+    share of it (the token aggregation's normalisers, losses/rl.py `token_weights`); None: one process.
     """
     new = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
                            temperature, chunk_size, with_entropy=True)
@@ -37,7 +40,7 @@ def rl_step(model: nn.Module, batch: dict[str, torch.Tensor], loss_cfg: RLLossCo
     kl_in_loss = ref_logps is not None and loss_cfg.kl_in == "loss" and loss_cfg.beta > 0
     kl_term = kl_fn(new.logps, ref_logps) * mask if kl_in_loss else torch.zeros_like(surrogate.losses)  # [n, T-1]
     per_token = surrogate.losses + loss_cfg.beta * kl_term
-    loss = aggregate_tokens(per_token, mask, loss_cfg.loss_type, max_new_tokens)
+    loss = aggregate_tokens(per_token, mask, loss_cfg.loss_type, max_new_tokens, n_rows=n_rows, n_tokens=n_tokens)
     with torch.no_grad():
         m = mask.float()
         stats = {"tokens": m.sum(), "entropy": (new.entropy * m).sum(), "clip_ratio": (surrogate.extras["clipped"] * m).sum(),

@@ -15,6 +15,7 @@ in which token t + 1 is chosen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -90,33 +91,48 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, be
     return rewards
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(values - mean) / std over the masked entries (population std), 0 elsewhere (TRL's `masked_whiten`)."""
+SumFn = Callable[[torch.Tensor], torch.Tensor]  # a tensor summed over every process (an all-reduce)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, total: SumFn | None = None) -> torch.Tensor:
+    """(values - mean) / std over the masked entries (population std), 0 elsewhere (TRL's `masked_whiten`).
+
+    total: under data parallelism each process holds some rows of the rollout, and the mean and std must be
+    those of every process's entries (else each process whitens with its own and the update differs from one
+    process's); `total` sums a tensor over the processes, so the count, Σ v and Σ (v - mean)² are global (two
+    all-reduces, the same two passes as one process). None: this tensor is the whole rollout."""
     m = mask.float()
-    mean = (values * m).sum() / m.sum().clamp(min=1.0)
-    var = (((values - mean) * m) ** 2).sum() / m.sum().clamp(min=1.0)
+    total = total or (lambda t: t)
+    count_sum = total(torch.stack([m.sum(), (values * m).sum()]))  # [2]: entries, Σ v
+    count = count_sum[0].clamp(min=1.0)
+    mean = count_sum[1] / count
+    var = total((((values - mean) * m) ** 2).sum()) / count
     return (values - mean) * torch.rsqrt(var + eps) * m
 
 
 def ppo_advantages(scores: torch.Tensor, kl: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, beta: float,
-                   gamma: float, lam: float, whiten_advantages: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                   gamma: float, lam: float, whiten_advantages: bool = True, total: SumFn | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages, returns) [N, T-1] for PPO: `token_rewards`, then `gae`, then optional whitening (the returns
-    stay unwhitened: they are the value model's targets)."""
+    stay unwhitened: they are the value model's targets). GAE runs within each completion, so a process's rows
+    need nothing from the others; the whitening does (`total`, see `whiten`)."""
     rewards = token_rewards(scores, kl, mask, beta)
     advantages, returns = gae(rewards, values, mask, gamma, lam)
-    return (whiten(advantages, mask) if whiten_advantages else advantages), returns
+    return (whiten(advantages, mask, total=total) if whiten_advantages else advantages), returns
 
 
 def value_step(value_model: nn.Module, batch: dict[str, torch.Tensor], returns: torch.Tensor, old_values: torch.Tensor,
-               clip_range: float | None, aggregation: LossAggregation, max_new_tokens: int,
+               clip_range: float | None, aggregation: LossAggregation, max_new_tokens: int, *,
+               n_rows: int | None = None, n_tokens: torch.Tensor | float | None = None,
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The value loss of a minibatch (with grad; the caller weights it by vf_coef) and its metric sums.
 
-    batch: input_ids, attention_mask, completion_mask [n, T]; returns, old_values [n, T-1] from the rollout."""
+    batch: input_ids, attention_mask, completion_mask [n, T]; returns, old_values [n, T-1] from the rollout.
+    n_rows, n_tokens: the global minibatch's, when `batch` is one process's share (as `rl_step`)."""
     values = value_model(batch["input_ids"], batch["attention_mask"])[:, :-1]  # [n, T-1], aligned with the labels
     mask = batch["completion_mask"][:, 1:].bool()
     per_token = value_loss(values, old_values, returns, mask, clip_range)  # [n, T-1]
-    loss = aggregate_tokens(per_token.losses, mask, aggregation, max_new_tokens)
+    loss = aggregate_tokens(per_token.losses, mask, aggregation, max_new_tokens, n_rows=n_rows, n_tokens=n_tokens)
     with torch.no_grad():
         m = mask.float()
         stats = {"value/loss": (per_token.losses * m).sum(), "value/clip_ratio": (per_token.extras["clipped"] * m).sum()}
