@@ -140,6 +140,31 @@ def test_token_weights_of_the_shares_sum_to_the_whole_batch():
         assert not torch.allclose(own, whole), aggregation
 
 
+def test_seed_per_prompt_samples_a_share_as_the_whole_step_does(tmp_path):
+    """rollout.seed_per_prompt: the completions of prompts 2-3 sampled as a process's share (first=2) are rows 6-11
+    of the whole step's, token for token; by default (one batched call per share) they are not."""
+    from types import SimpleNamespace
+
+    from marginkit.models.generation import HFGenerator
+    from marginkit.models.policy import PolicyConfig, load_policy
+    from marginkit.train.rl import _sample, load_prompts
+
+    model_dir = make_world_lm(tmp_path / "lm")
+    model, tokenizer = load_policy(PolicyConfig(name_or_path=str(model_dir)))
+    for per_prompt in (True, False):
+        cfg = rl_config(model_dir, tmp_path / "out", rollout={"prompts_per_step": P, "num_generations": K,
+                                                              "seed_per_prompt": per_prompt})
+        prompts = load_prompts(cfg)[0][:P]
+        run = SimpleNamespace(cfg=cfg, generator=HFGenerator(model, tokenizer))
+        whole, share = _sample(run, prompts, 7, first=0), _sample(run, prompts[2:], 7, first=2)
+        rows = range(2 * K, P * K)
+        same = [whole.texts[i] for i in rows] == share.texts and torch.equal(whole.lengths[2 * K:], share.lengths)
+        for j, i in enumerate(rows) if per_prompt else ():  # every completion token, laid out in its own batch
+            assert torch.equal(whole.input_ids[i][whole.completion_mask[i].bool()],
+                               share.input_ids[j][share.completion_mask[j].bool()])
+        assert same == per_prompt, f"seed_per_prompt={per_prompt}"
+
+
 def test_prompts_per_step_must_divide_between_the_processes(tmp_path):
     from marginkit.configlib import ConfigError
     from marginkit.train.rl import _check_processes, _share
