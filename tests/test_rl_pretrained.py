@@ -32,8 +32,8 @@ from conftest import shared_data_dir
 
 
 def real_run(test):
-    """The marks of every test that reads the run below: slow (CI runs it), and the two weight packages."""
-    return pytest.mark.slow(needs_smollm2(needs_minilm(test)))
+    """The marks of every test that reads the run below: slow (CI runs it), shared data, the two weight packages."""
+    return pytest.mark.slow(pytest.mark.shared_data(needs_smollm2(needs_minilm(test))))
 
 
 HH = Path("hh-rlhf") / "harmless-base" / "test.jsonl.gz"
