@@ -14,6 +14,7 @@ config field, made by `configlib.add_config_flags`:
     marginkit data check FILE [--format auto]
     marginkit world make --out DIR [key=value ...]
     marginkit world pipeline [--quick] [--out DIR] [dpo key=value ...]  (base -> SFT -> DPO, true reward)
+    marginkit world rl-compare [--size full|tiny] [--seeds 0,1,2] [--jobs 2] (DPO vs Best-of-N vs online RL, two RMs)
     marginkit world monitor-demo [--out DIR]   (the margin monitor on a reckless and a sane DPO run)
     marginkit demo [--quick] [--out DIR]
     marginkit study margins [--size quick|full] [--seeds 0,1,2,3,4] [--noises 0.5,1.0] [--jobs 2]
@@ -198,6 +199,13 @@ def _pipeline_run(cfg: Any, args: argparse.Namespace) -> int:
     from marginkit.study.world_pipeline import run_world_pipeline
 
     run_world_pipeline(cfg)
+    return 0
+
+
+def _rl_compare_run(cfg: Any, args: argparse.Namespace) -> int:
+    from marginkit.study.rl_compare import run_rl_compare
+
+    run_rl_compare(cfg)
     return 0
 
 
@@ -389,6 +397,9 @@ COMMANDS: list[Command] = [  # words, config classes ("module:Class"), runner, h
             "Write the gold world's train/val/test pairs as JSONL.", "yaml", _world_make_extra),
     Command("world pipeline", ("marginkit.study.world_pipeline:WorldPipelineConfig",), _pipeline_run,
             "Base policy -> SFT -> DPO of a tiny LM, scored by the true reward of samples.", extra=_quick),
+    Command("world rl-compare", ("marginkit.study.rl_compare.runner:RLCompareConfig",), _rl_compare_run,
+            "Base -> SFT -> {DPO, IPO, ODPO, Best-of-N, GRPO, RLOO, PPO} with a BT and a label-margin RM, over seeds: "
+            "true reward, RM reward, KL to SFT and wall time, with intervals; rows, tables and plots."),
     Command("world monitor-demo", ("marginkit.study.world_pipeline:MonitorDemoConfig",), _monitor_demo_run,
             "DPO twice on the world (batch 1 at lr 1e-2 vs batch 32 at 3e-4): the margin monitor fires on the "
             "first and stays quiet on the second."),

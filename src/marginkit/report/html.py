@@ -8,6 +8,8 @@ Walks each run folder (a `train-rm` output, a demo folder with one subfolder per
                            (any *.json with n_pairs, accuracy, by_abs_gap, distribution: `eval-rm`'s report)
     alerts.jsonl        -> the margin monitor's alerts (step, check, severity, message)
     bon_results.json    -> Best-of-N curves, win-rate tables, over-optimisation (evaluate/bon_run.py)
+    rl_compare.csv.gz   -> `world rl-compare`: its tables, the gold-reward-vs-KL frontier and the
+                           over-optimisation plot (study/rl_compare/report.py), drawn from its rows
     summary.json/.md    -> the demo's and studies' summary tables
     *.png               -> figures the runs saved, placed in the section their name suggests
 
@@ -78,6 +80,7 @@ class RunContents:
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     bon: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rl_compare: dict[str, Path] = field(default_factory=dict)  # run name -> folder holding rl-compare's rows
     summaries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
@@ -136,6 +139,8 @@ def _collect_file(path: Path, root: Path, c: RunContents) -> None:
         c.metrics[run] = path
     elif name == "alerts.jsonl":
         _read_alerts(path, run, c)
+    elif name == "rl_compare.csv.gz":
+        c.rl_compare[run] = path.parent
     elif name.endswith(".md") and name in ("summary.md", "study.md"):
         c.texts[f"{run}/{name}"] = path.read_text(encoding="utf-8")
     elif name.endswith(".png"):
@@ -193,7 +198,7 @@ dl.gloss dt{font-family:ui-monospace,monospace;font-size:12px}dl.gloss dd{margin
 
 _SECTIONS = (("summary", "Summary"), ("training", "Training curves"), ("histograms", "Reward-gap histograms"),
              ("buckets", "Accuracy and calibration"), ("alerts", "Margin monitor alerts"),
-             ("bon", "Best-of-N"), ("figures", "Other figures"))
+             ("bon", "Best-of-N"), ("rl", "Online RL vs DPO"), ("figures", "Other figures"))
 
 
 def _e(x: Any) -> str:
@@ -446,6 +451,56 @@ def _section_bon(c: RunContents, plot: _Plotter) -> str:
     return "".join(parts)
 
 
+def _markdown_to_html(text: str) -> str:
+    """The rl-compare tables (markdown: '## ' headings, pipe tables, '- ' items, paragraphs) as HTML."""
+    parts: list[str] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            rows = [r for r in table[1:] if not all(set(cell) <= set("-: ") for cell in r)]
+            parts.append(_table(table[0], rows))
+            table.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+            continue
+        flush()
+        if line.startswith("## "):
+            parts.append(f"<h3>{_e(line[3:])}</h3>")
+        elif line.strip():
+            parts.append(f"<p>{_e(line.replace('**', ''))}</p>")
+    flush()
+    return "".join(parts)
+
+
+def _section_rl(c: RunContents, plot: _Plotter) -> str:
+    from marginkit.study.rl_compare.report import (
+        format_tables,
+        load_rows,
+        plot_frontier,
+        plot_over_optimisation,
+    )
+
+    if not c.rl_compare:
+        return "<p class=\"empty\">No rl_compare.csv.gz in these runs (run `marginkit world rl-compare`).</p>"
+    parts = []
+    for name, folder in c.rl_compare.items():
+        try:
+            d = load_rows(folder)
+        except (OSError, ValueError, KeyError) as e:
+            c.problems.append(f"{folder}: rl-compare rows could not be read ({e})")
+            continue
+        seeds = sorted({r["seed"] for r in d["rows"]})
+        parts.append(f"<h3>{_e(name)}</h3><p class=\"note\">{len(seeds)} seeds; true reward of test-prompt samples; "
+                     "intervals are 95% Student-t over seeds unless marked as over prompts.</p><div class=\"grid\">")
+        parts.append(plot(plot_frontier, f"{name}: gold reward vs KL to SFT", d["rows"], d["curves"]))
+        parts.append(plot(plot_over_optimisation, f"{name}: RM reward vs gold reward over training", d["curves"]))
+        parts.append("</div>" + _markdown_to_html(format_tables(d["rows"], d["curves"], d["rms"])))
+    return "".join(parts)
+
+
 def _section_summary(c: RunContents) -> str:
     parts = []
     for name, rows in c.summaries.items():
@@ -474,6 +529,8 @@ def _redrawn(c: RunContents) -> tuple[str, ...]:
         drawn.append("training_curves")
     if c.bon:
         drawn.append("bon_")
+    if c.rl_compare:
+        drawn.append("rl_")
     if any(e.get("distribution", {}).get("hist_counts") for e in c.evals.values()):
         drawn += ["gap_hist"]  # eval-rm's <name>_gap_hist.png, the demo's gap_histograms.png
     if any(isinstance(e.get(k), dict) and e[k].get("buckets") for e in c.evals.values() for k, _ in _BUCKET_KEYS):
@@ -509,7 +566,8 @@ def render_html(c: RunContents, title: str = "marginkit report") -> str:
     with tempfile.TemporaryDirectory(prefix="marginkit_report_") as tmp:
         plot = _Plotter(Path(tmp), c.problems)
         bodies = {"training": _section_training(c, plot), "histograms": _section_histograms(c, plot),
-                  "buckets": _section_buckets(c, plot), "alerts": _section_alerts(c), "bon": _section_bon(c, plot)}
+                  "buckets": _section_buckets(c, plot), "alerts": _section_alerts(c), "bon": _section_bon(c, plot),
+                  "rl": _section_rl(c, plot)}
     bodies["summary"] = _section_summary(c)  # last: lists the problems met while plotting
     for section, figs in placed.items():
         extra = "<div class=\"grid\">" + "".join(_img(p, f"{n}.png (saved by the run)") for n, p in figs) + "</div>"
