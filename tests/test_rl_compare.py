@@ -13,6 +13,7 @@ from marginkit.errors import UserError
 from marginkit.report.html import write_report
 from marginkit.study.render import read_rows
 from marginkit.study.rl_compare.report import (
+    alerts_table,
     controls,
     main_table,
     margin_table,
@@ -20,6 +21,7 @@ from marginkit.study.rl_compare.report import (
     seed_001_table,
 )
 from marginkit.study.rl_compare.runner import (
+    ALERT_ROWS,
     CURVES,
     DPO_VARIANTS,
     RL_RUNS,
@@ -52,6 +54,8 @@ def test_tiny_run_writes_every_policy_curve_and_plot_and_reuses_finished_seeds(t
     assert {(c["method"], c["rm"]) for c in curves} == set(RL_RUNS)
     assert {c["step"] for c in curves} == {1, 2}  # eval_every 1 over 2 steps
     assert {r["rm"] for r in read_rows(out / RM_ROWS)} == set(RMS)
+    alerts = read_rows(out / ALERT_ROWS)  # two steps: no monitor check can fire; one quiet row per run
+    assert {(a["method"], a["rm"]) for a in alerts} == set(RL_RUNS) and all(a["count"] == 0 for a in alerts)
     assert (out / "rl_frontier.png").stat().st_size > 0 and (out / "rl_over_optimisation.png").stat().st_size > 0
     assert "## Positive controls" in (out / "summary.md").read_text()
 
@@ -136,6 +140,24 @@ def test_over_optimisation_table_finds_the_peak_by_hand():
     # mean gold per step: 0.0, 1.1, 0.5 -> peak at 10; drops per seed 0.5 and 0.7 -> mean 0.6
     assert line.startswith("| grpo (RM bt) | +0.000 → +1.100 (10) → +0.500 | +0.600 [")
     assert "+0.000 → +2.000" in line and line.endswith("| 1.50 |")
+
+
+def test_alerts_table_counts_seeds_by_hand():
+    alerts = [{"seed": 0, "method": "grpo", "rm": "label", "check": "kl_blowup", "first_step": 100, "count": 3},
+              {"seed": 0, "method": "grpo", "rm": "label", "check": "reward_hacking", "first_step": 190, "count": 1},
+              {"seed": 1, "method": "grpo", "rm": "label", "check": "kl_blowup", "first_step": 140, "count": 1},
+              {"seed": 0, "method": "grpo", "rm": "gold", "check": "", "first_step": None, "count": 0},
+              {"seed": 1, "method": "grpo", "rm": "gold", "check": "", "first_step": None, "count": 0}]
+    curves = [{"seed": s, "method": "grpo", "rm": rm, "step": step, "gold": g}
+              for s, rm, golds in ((0, "label", (0.5, 1.0, 0.2)), (1, "label", (0.5, 0.6, 0.55)),
+                                   (0, "gold", (0.5, 1.0, 1.2)), (1, "gold", (0.5, 1.0, 0.95)))
+              for step, g in zip((25, 50, 75), golds)]
+    lines = alerts_table(alerts, curves).splitlines()
+    assert lines[0] == ("| run | seeds | gold fell > 0.1 after its peak | `kl_blowup` fired (median first step) | "
+                        "`reward_hacking` fired (median first step) |")
+    # label: seed 0 fell 0.8, seed 1 fell 0.05 (not > 0.1); kl_blowup in both (median of 100, 140 = 120)
+    assert lines[2] == "| grpo (RM label) | 2 | 1 of 2 | 2 of 2 (120) | 1 of 2 (190) |"
+    assert lines[3] == "| grpo (true reward) | 2 | 0 of 2 | 0 of 2 | 0 of 2 |"
 
 
 def test_seed_001_ranking_beside_ours():

@@ -497,7 +497,7 @@ def _section_rl(c: RunContents, plot: _Plotter) -> str:
                      "intervals are 95% Student-t over seeds unless marked as over prompts.</p><div class=\"grid\">")
         parts.append(plot(plot_frontier, f"{name}: gold reward vs KL to SFT", d["rows"], d["curves"]))
         parts.append(plot(plot_over_optimisation, f"{name}: RM reward vs gold reward over training", d["curves"]))
-        parts.append("</div>" + _markdown_to_html(format_tables(d["rows"], d["curves"], d["rms"])))
+        parts.append("</div>" + _markdown_to_html(format_tables(d["rows"], d["curves"], d["rms"], d["alerts"])))
     return "".join(parts)
 
 

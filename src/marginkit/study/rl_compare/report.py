@@ -17,10 +17,11 @@ import numpy as np
 from marginkit.evaluate.stats import holm, min_detectable_effect, pooled_se_interval, t_interval, t_test_p
 from marginkit.study.render import read_rows
 
-__all__ = ["ROWS", "CURVES", "RM_ROWS", "load_rows", "SEED_001", "ORDER", "format_tables", "write_plots", "render_docs", "DOC", "FRONTIER_PNG", "OVEROPT_PNG"]
+__all__ = ["ROWS", "CURVES", "RM_ROWS", "ALERT_ROWS", "load_rows", "alerts_table", "SEED_001", "ORDER", "format_tables", "write_plots", "render_docs", "DOC", "FRONTIER_PNG", "OVEROPT_PNG"]
 
 DOC = "rl_compare.md"
-ROWS, CURVES, RM_ROWS = "rl_compare.csv.gz", "rl_curves.csv.gz", "rl_rms.csv.gz"  # the rows files (runner.py)
+# the rows files (runner.py)
+ROWS, CURVES, RM_ROWS, ALERT_ROWS = "rl_compare.csv.gz", "rl_curves.csv.gz", "rl_rms.csv.gz", "rl_alerts.csv.gz"
 FRONTIER_PNG, OVEROPT_PNG = "rl_frontier.png", "rl_over_optimisation.png"
 
 # Seed 001's head-to-head (mean reward on its task, one run each; DPO at beta 0.3 after tuning from 0.1).
@@ -36,7 +37,8 @@ ORDER = ORDER_FIXED + ORDER_RL
 def load_rows(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
     """The three rows files of a run folder (or docs/study/)."""
     folder = Path(folder)
-    return {"rows": read_rows(folder / ROWS), "curves": read_rows(folder / CURVES), "rms": read_rows(folder / RM_ROWS)}
+    return {"rows": read_rows(folder / ROWS), "curves": read_rows(folder / CURVES), "rms": read_rows(folder / RM_ROWS),
+            "alerts": read_rows(folder / ALERT_ROWS)}
 
 
 def _bon_max(rows: list[dict[str, Any]]) -> str | None:
@@ -177,6 +179,30 @@ def over_optimisation_table(curves: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def alerts_table(alerts: list[dict[str, Any]], curves: list[dict[str, Any]]) -> str:
+    """Per RL run: in how many seeds each monitor check fired (and its median first step), beside in how many
+    seeds the gold reward fell after its peak, the thing `reward_hacking` is meant to catch (a drop of more
+    than 0.1 from the seed's best validation step to its last)."""
+    checks = sorted({a["check"] for a in alerts if a["check"]})
+    lines = ["| run | seeds | gold fell > 0.1 after its peak | " + " | ".join(f"`{c}` fired (median first step)"
+                                                                           for c in checks) + " |",
+             "|---|---|---|" + "---|" * len(checks)]
+    for method, rm in dict.fromkeys((a["method"], a["rm"]) for a in alerts):
+        mine = [a for a in alerts if a["method"] == method and a["rm"] == rm]
+        seeds = sorted({int(a["seed"]) for a in mine})
+        fell = 0
+        for s in seeds:
+            gold = [c["gold"] for c in sorted((c for c in curves if c["method"] == method and c["rm"] == rm
+                                               and int(c["seed"]) == s), key=lambda c: int(c["step"]))]
+            fell += bool(gold) and max(gold) - gold[-1] > 0.1
+        cells = []
+        for c in checks:
+            steps = [int(a["first_step"]) for a in mine if a["check"] == c]
+            cells.append(f"{len(steps)} of {len(seeds)}" + (f" ({int(np.median(steps))})" if steps else ""))
+        lines.append(f"| {_label(method, rm)} | {len(seeds)} | {fell} of {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def seed_001_table(rows: list[dict[str, Any]]) -> str:
     """Seed 001's ranking beside ours (SFT, DPO at β 0.1 and 0.3, PPO and GRPO with each RM)."""
     by, seeds = _by(rows), sorted({int(r["seed"]) for r in rows})
@@ -204,11 +230,13 @@ def seed_001_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_tables(rows: list[dict[str, Any]], curves: list[dict[str, Any]], rms: list[dict[str, Any]]) -> str:
+def format_tables(rows: list[dict[str, Any]], curves: list[dict[str, Any]], rms: list[dict[str, Any]],
+                  alerts: list[dict[str, Any]]) -> str:
     """Every table as one markdown text (the run folder's summary.md)."""
     return "\n".join(["## Positive controls\n", controls(rows), "## Every policy\n", main_table(rows),
                       "## The margin question: label-margin RM vs BT RM\n", margin_table(rows),
                       "## Over-optimisation (validation curves)\n", over_optimisation_table(curves),
+                      "## The margin monitor during the RL runs\n", alerts_table(alerts, curves),
                       "## Reward models\n", rm_table(rms), "## Seed 001's ranking beside ours\n", seed_001_table(rows)])
 
 
@@ -304,10 +332,10 @@ def write_plots(rows: list[dict[str, Any]], curves: list[dict[str, Any]], folder
 
 def render_docs(docs_dir: Path, plots: bool = True) -> dict[str, dict[str, str]]:
     """study.render's renderer: docs/rl_compare.md's blocks (and, with `plots`, its two PNGs under docs/study/)
-    from docs/study/rl_compare.csv.gz, rl_curves.csv.gz and rl_rms.csv.gz."""
+    from docs/study/rl_compare.csv.gz, rl_curves.csv.gz, rl_rms.csv.gz and rl_alerts.csv.gz."""
     d = load_rows(Path(docs_dir) / "study")
     if plots:
         write_plots(d["rows"], d["curves"], Path(docs_dir) / "study")
     return {DOC: {"rl-controls": controls(d["rows"]), "rl-main": main_table(d["rows"]),
                   "rl-margin": margin_table(d["rows"]), "rl-overopt": over_optimisation_table(d["curves"]),
-                  "rl-rms": rm_table(d["rms"]), "rl-seed001": seed_001_table(d["rows"])}}
+                  "rl-rms": rm_table(d["rms"]), "rl-alerts": alerts_table(d["alerts"], d["curves"]), "rl-seed001": seed_001_table(d["rows"])}}

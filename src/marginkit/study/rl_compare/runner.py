@@ -20,7 +20,8 @@ Per seed (`run_seed`), in this order:
    mean[log π(y|x) − log π_sft(y|x)], y ~ π. Best-of-N's KL is the analytic bound log N − (N−1)/N.
 
 Rows (`study/render.py` `write_rows`): `rl_compare.csv.gz`, one row per (seed, policy); `rl_curves.csv.gz`,
-one row per (seed, RL run, evaluation step); `rl_rms.csv.gz`, the RMs' test-pair accuracy per seed.
+one row per (seed, RL run, evaluation step); `rl_rms.csv.gz`, the RMs' test-pair accuracy per seed; `rl_alerts.csv.gz`, the margin monitor's alerts in
+each RL run (its RL checks run live in every run, action warn).
 """
 
 from __future__ import annotations
@@ -39,11 +40,19 @@ from marginkit.atomic import write_text_atomic
 from marginkit.configlib import from_dict, load_config
 from marginkit.errors import UserError
 from marginkit.study.render import write_rows
-from marginkit.study.rl_compare.report import CURVES, RM_ROWS, ROWS, format_tables, load_rows, write_plots
+from marginkit.study.rl_compare.report import (
+    ALERT_ROWS,
+    CURVES,
+    RM_ROWS,
+    ROWS,
+    format_tables,
+    load_rows,
+    write_plots,
+)
 from marginkit.threads import THREADS_HELP, check_threads, run_units
 
 __all__ = ["CompareSize", "COMPARE_SIZES", "RMS", "DPO_VARIANTS", "RL_RUNS", "RLCompareConfig", "run_seed",
-           "run_rl_compare", "ROWS", "CURVES", "RM_ROWS"]
+           "run_rl_compare", "alert_rows", "ROWS", "CURVES", "RM_ROWS", "ALERT_ROWS"]
 
 
 
@@ -345,6 +354,30 @@ def _seed_unit(cfg: RLCompareConfig, seed: int) -> dict[str, Any]:
     return finished_seed(cfg, seed) or run_seed(cfg, seed, say=lambda s: print(s, flush=True))
 
 
+def alert_rows(out: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    """The margin monitor's alerts in every RL run (seed<N>/<method>_<reward>/alerts.jsonl; the monitor runs
+    with its defaults, action warn): one row per (seed, run, check) with the first step it fired and how
+    many times. A run with no alert gets one row with check "" so the table can count the quiet runs."""
+    rows = []
+    for seed in seeds:
+        for method, reward in RL_RUNS:
+            run = out / f"seed{seed}" / f"{method}_{reward}"
+            if not (run / "metrics.jsonl").exists():
+                raise UserError(f"{run}: the RL run's folder is missing; the alerts table needs every run "
+                                "(run the seed again with --no-reuse)")
+            path = run / "alerts.jsonl"
+            alerts = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+            by: dict[str, list[int]] = {}
+            for a in alerts:
+                by.setdefault(a["check"], []).append(int(a["step"]))
+            rows += [{"seed": seed, "method": method, "rm": reward, "check": check, "first_step": min(steps),
+                      "count": len(steps)} for check, steps in sorted(by.items())]
+            if not by:
+                rows.append({"seed": seed, "method": method, "rm": reward, "check": "", "first_step": None,
+                             "count": 0})
+    return rows
+
+
 def run_rl_compare(cfg: RLCompareConfig, say: Callable[[str], None] = print) -> dict[str, Path]:
     """Every seed (in `jobs` worker processes), then the rows files and the tables under cfg.out."""
     from functools import partial
@@ -357,13 +390,14 @@ def run_rl_compare(cfg: RLCompareConfig, say: Callable[[str], None] = print) -> 
         results[seed] = result
         say(f"seed {seed} done ({time.perf_counter() - started:.0f} s since the start)")
     merged = {k: [r for s in sorted(results) for r in results[s][k]] for k in ("rows", "curves", "rms")}
+    merged["alerts"] = alert_rows(out, sorted(results))
     paths = {"rows": write_rows(out / ROWS, merged["rows"]), "curves": write_rows(out / CURVES, merged["curves"]),
-             "rms": write_rows(out / RM_ROWS, merged["rms"])}
-    tables = format_tables(merged["rows"], merged["curves"], merged["rms"])
+             "rms": write_rows(out / RM_ROWS, merged["rms"]), "alerts": write_rows(out / ALERT_ROWS, merged["alerts"])}
+    tables = format_tables(merged["rows"], merged["curves"], merged["rms"], merged["alerts"])
     (out / "summary.md").write_text(tables)
     write_plots(merged["rows"], merged["curves"], out)
     say(tables)
-    say(f"wrote {out}/ ({ROWS}, {CURVES}, {RM_ROWS}, summary.md, plots) in {time.perf_counter() - started:.0f} s")
+    say(f"wrote {out}/ ({ROWS}, {CURVES}, {RM_ROWS}, {ALERT_ROWS}, summary.md, plots) in {time.perf_counter() - started:.0f} s")
     return paths
 
 
