@@ -46,6 +46,8 @@ def plain_transformers_rewards(folder: Path, pairs: list[Pair]) -> tuple[np.ndar
                 prompt_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
                 full = tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
                 response_text = full[len(prompt_text):]
+                if response_text.rstrip().endswith(tok.eos_token):  # the turn-closing EOS: the tokenizer adds it
+                    response_text = response_text.rstrip()[:-len(tok.eos_token)]
             else:  # the README's plain rendering
                 prompt_text = prompt if isinstance(prompt, str) else "".join(
                     f"{m['role']}: {m['content']}\n" for m in prompt)
@@ -166,7 +168,8 @@ def test_mixed_rendering_folder_follows_its_card(tmp_path):
             messages = list(pair.prompt)
             head = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             full = tok.apply_chat_template(messages + [{"role": "assistant", "content": pair.chosen}], tokenize=False)
-            ids = tok(head, full[len(head):], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            response_text = full[len(head):].rstrip().removesuffix(tok.eos_token)  # the template closes with <eos>
+            ids = tok(head, response_text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         with torch.no_grad():
             assert model(input_ids=torch.tensor([ids])).logits[0, 0].item() == pytest.approx(expected, abs=ATOL)
 

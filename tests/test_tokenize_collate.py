@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
+from _pretrained_helpers import needs_smollm2
 from marginkit.data.collate import collate_pairs
 from marginkit.data.ledger import Ledger
 from marginkit.data.schema import DataError, Pair
@@ -117,3 +118,79 @@ def test_response_mask_never_covers_prompt_or_padding(shape, side):
     ids, resp = b["input_ids"], b["response_mask"]
     assert not (resp & (ids == 0)).any() and not (resp & (ids == 7)).any()  # no padding, no prompt
     assert resp.sum().item() == sum(c + r for _, c, r in shape)  # every response token covered
+
+
+# ---- chat templates that close the assistant turn with EOS (ChatML) --------------------------------------
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def chatml_tokenizer(eos: str = "<|im_end|>"):
+    """Word-level, '\\n' its own token (as SmolLM2's id 198), ChatML's turn markers special. Ids: 0 <pad>,
+    1 <unk>, 2 <|im_start|>, 3 <|im_end|>, 4 '\\n', 5 user, 6 assistant, 7 cats, 8 yes, 9 no, 10 maybe,
+    11 <eos> (the EOS only when eos='<eos>')."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "\n", "user", "assistant",
+                                         "cats", "yes", "no", "maybe", "<eos>"])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex("\n"), "isolated"),
+                                                     pre_tokenizers.Split(Regex(" "), "removed")])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token=eos,
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>", "<eos>"])
+    tok.chat_template = CHATML
+    return tok
+
+
+def test_chatml_response_ends_with_one_eos_by_hand():
+    """The template writes 'yes<|im_end|>\\n' = [8, 3, 4]; append_eos used to add 3 again: [8, 3, 4, 3]. Now
+    the template's <|im_end|> is the response's one EOS and the '\\n' after it is dropped, so the response
+    ends as a rollout does (at its first EOS, nothing after); the prompt part is unchanged."""
+    tok = chatml_tokenizer()
+    assert tok("<|im_start|>user\ncats<|im_end|>\n", add_special_tokens=False)["input_ids"] == [2, 5, 4, 7, 3, 4]
+    prompt = [2, 5, 4, 7, 3, 4, 2, 6, 4]  # <|im_start|>user\ncats<|im_end|>\n<|im_start|>assistant\n
+    pair = Pair(({"role": "user", "content": "cats"},), "yes", "no maybe")
+    for append_eos in (True, False):
+        e = encode_pair(pair, 0, tok, TokenizeConfig(append_eos=append_eos), Ledger())
+        assert e.prompt_len == 9 and e.chosen_ids[:9] == e.rejected_ids[:9] == prompt
+        assert e.chosen_ids[9:] == [8, 3] and e.rejected_ids[9:] == [9, 10, 3]
+    # a string prompt is wrapped as one user turn: the same ids
+    assert encode_pair(Pair("cats", "yes", "no maybe"), 0, tok, TokenizeConfig(template="chat"), Ledger()).chosen_ids \
+        == prompt + [8, 3]
+
+
+def test_chatml_eos_survives_response_truncation():
+    """Prompt 9 + longest response 2 + EOS 1 = 12 > 11, and the prompt is at its minimum: the responses are cut
+    from the right to 1 token and the EOS is still the last token (the reward token of an RM)."""
+    tok, ledger = chatml_tokenizer(), Ledger()
+    pair = Pair(({"role": "user", "content": "cats"},), "yes", "no maybe")
+    e = encode_pair(pair, 0, tok, TokenizeConfig(max_length=11, min_prompt_tokens=9), ledger)
+    assert e.chosen_ids[9:] == [8, 3] and e.rejected_ids[9:] == [9, 3]
+    assert ledger.truncated["rejected_right"] == 1 and not ledger.truncated.get("chosen_right")
+
+
+def test_chat_turn_closed_by_another_token_keeps_the_template_and_appends_eos():
+    """EOS '<eos>' (11) differs from the turn's closing <|im_end|>: the turn is kept as rendered, then EOS."""
+    tok = chatml_tokenizer(eos="<eos>")
+    e = encode_pair(Pair(({"role": "user", "content": "cats"},), "yes", "no"), 0, tok, TokenizeConfig(), Ledger())
+    assert e.chosen_ids[9:] == [8, 3, 4, 11] and e.rejected_ids[9:] == [9, 3, 4, 11]
+
+
+@needs_smollm2
+def test_smollm2_response_ends_with_one_im_end(smollm2_dir):
+    """SmolLM2-135M-Instruct's ChatML: the response ids end [..., <|im_end|>] once (they were [..., 2, 198, 2])."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.eos_token_id == im_end == 2
+    messages = ({"role": "user", "content": "What is the capital of France?"},)
+    e = encode_pair(Pair(messages, "Paris.", "Lyon, I think."), 0, tok, TokenizeConfig(), Ledger())
+    head = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    assert e.chosen_ids[:e.prompt_len] == tok(head, add_special_tokens=False)["input_ids"]
+    for ids, text in ((e.chosen_ids, "Paris."), (e.rejected_ids, "Lyon, I think.")):
+        response = ids[e.prompt_len:]
+        assert response == tok(text, add_special_tokens=False)["input_ids"] + [im_end]
+        assert response.count(im_end) == 1

@@ -6,6 +6,10 @@ known exactly (the response mask and the pre-flight check use it):
     causal LM: [bos?] prompt  response  eos        (reward read at the eos)
     encoder:   [cls]  prompt  [sep] response [sep] (reward read by the model's own pooler)
 
+With a chat template that closes the assistant turn with the tokenizer's EOS (ChatML's `<|im_end|>\n`),
+that EOS is the response's one EOS, and the whitespace the template writes after it is dropped, so a
+response ends exactly as an RL rollout does (at its first EOS; models/generation.py); see `encode_pair`.
+
 Truncation keeps the responses: the prompt (shared by chosen and rejected, cut identically) loses
 tokens from the left first; only when that is not enough are the responses cut from the right.
 Every cut is recorded in the data ledger; nothing is dropped unless `on_too_long="drop"`.
@@ -85,6 +89,16 @@ def _split_template(pair: Pair, tokenizer: Any, template: str) -> tuple[str, str
     return head, texts[0], texts[1], True
 
 
+def _close_turn(text: str, tokenizer: Any, append_eos: bool) -> str:
+    """A chat-rendered response that ends with the EOS token text (then optional whitespace): without the
+    whitespace, and without the EOS itself when `append_eos` (the appended EOS takes its place). Else as is."""
+    eos = getattr(tokenizer, "eos_token", None)
+    body = text.rstrip()
+    if not eos or getattr(tokenizer, "eos_token_id", None) is None or not body.endswith(eos):
+        return text
+    return body[: -len(eos)] if append_eos else body
+
+
 def _special_layout(tokenizer: Any, is_encoder: bool, append_eos: bool, chat: bool) -> tuple[list[int], list[int], list[int]]:
     """(lead, middle, tail) special ids around prompt and response."""
     if is_encoder:
@@ -97,8 +111,30 @@ def _special_layout(tokenizer: Any, is_encoder: bool, append_eos: bool, chat: bo
 def encode_pair(
     pair: Pair, index: int, tokenizer: Any, cfg: TokenizeConfig, ledger: Ledger, is_encoder: bool = False
 ) -> EncodedPair | None:
-    """Tokenise one pair, truncating as configured. Returns None only for a pair dropped by policy."""
+    """Tokenise one pair, truncating as configured. Returns None only for a pair dropped by policy.
+
+    The response tokens (everything after `prompt_len`) are what SFT and DPO train on and where a causal
+    RM reads its reward (the last one). Causal LM: the response text's tokens, then one EOS when
+    `cfg.append_eos`. With a chat template, the response text is the template's assistant turn after the
+    generation prompt; when that turn ends with the EOS token text, possibly followed by whitespace
+    (SmolLM2's ChatML: `Hi<|im_end|>\n`, ids [..., 2, 198]), the whitespace after the EOS is dropped and
+    the template's EOS is the response's EOS, not followed by another one:
+
+        append_eos=True:  [..., Hi, <|im_end|>]  (the template's EOS is the one appended, so it also
+                          survives truncation of the response from the right)
+        append_eos=False: [..., Hi, <|im_end|>]  (the template's own EOS, cut with the text if truncated)
+
+    which is how an RL rollout ends: generation stops at the first EOS and keeps it, with nothing after it
+    (models/generation.py `layout_completions`). Templates that close the turn with another token (or with
+    none) are kept as rendered, and the EOS is appended after them when `cfg.append_eos`. The rule works on
+    the text (`_close_turn`), as the RM folder's card tells plain-transformers users to (models/rm_folder.py).
+    Without this
+    rule (before the CHANGELOG entry) ChatML responses ended [..., 2, 198, 2]: two extra trained tokens,
+    and the reward read at the second EOS.
+    """
     p_text, c_text, r_text, chat = _split_template(pair, tokenizer, cfg.template)
+    if chat and not is_encoder:
+        c_text, r_text = (_close_turn(t, tokenizer, cfg.append_eos) for t in (c_text, r_text))
     if not chat and not isinstance(pair.prompt, str):
         _note_plain_conversation(ledger, cfg.template)
     lead, middle, tail = _special_layout(tokenizer, is_encoder, cfg.append_eos, chat)

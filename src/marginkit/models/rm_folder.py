@@ -108,6 +108,9 @@ def scoring_recipe(tokenizer: Any, encoder: bool, append_eos: bool, rendering: R
     """How to score the folder with plain transformers, as data (stored in marginkit_scorer.json).
     `plain_call`: whether the saved tokenizer adds the special tokens itself (check_saved_tokenizer)."""
     lead, middle, tail = special_layout(tokenizer, encoder, append_eos, rendering)
+    # data/tokenize.py `_close_turn`: a chat turn that ends with the EOS text loses the whitespace after it,
+    # and the EOS itself when training appends one (one EOS, as in an RL rollout)
+    turn_end = None if encoder or tokenizer.eos_token_id is None else "drop" if append_eos else "keep"
     return {
         "call": "tokenizer(prompt_text, response_text)" if plain_call else
                 "the ids of `tokens`, each text tokenised with add_special_tokens=False",
@@ -118,8 +121,9 @@ def scoring_recipe(tokenizer: Any, encoder: bool, append_eos: bool, rendering: R
                         "mixed": "chat rendering for message-list prompts, the string itself otherwise"}[rendering],
         "response_text": {"plain": "the response string",
                           "chat": "apply_chat_template(messages + [assistant message], tokenize=False) "
-                                  "minus the prompt_text prefix",
+                                  "minus the prompt_text prefix" + _TURN_END_TEXT[turn_end],
                           "mixed": "as for the prompt"}[rendering],
+        "turn_end": turn_end,
         "rendering": rendering,
         "reward_token": "the pooled [CLS] (first token)" if encoder else "the last non-padding token",
         "reward": "model(**inputs).logits[:, 0]",
@@ -135,16 +139,30 @@ prompt_text = tok.apply_chat_template(messages, tokenize=False, add_generation_p
 full = tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
 response_text = full[len(prompt_text):]''',
 }
+_TURN_END_TEXT = {None: "",
+                  "drop": "; if that ends with the EOS token (then whitespace), without the whitespace and the EOS "
+                          "(the tokenizer appends the EOS)",
+                  "keep": "; if that ends with the EOS token (then whitespace), without the whitespace"}
+_TURN_END_CODE = {
+    None: "",
+    "drop": '''
+if response_text.rstrip().endswith(tok.eos_token):  # the template's turn-closing EOS: the tokenizer appends it
+    response_text = response_text.rstrip()[:-len(tok.eos_token)]''',
+    "keep": '''
+if response_text.rstrip().endswith(tok.eos_token):  # nothing after the template's turn-closing EOS
+    response_text = response_text.rstrip()''',
+}
 
 
 def model_card(recipe: dict[str, Any]) -> str:
     """README.md of a saved RM folder: the exact plain-transformers scoring, from `scoring_recipe`."""
     rendering = recipe["rendering"]
-    code = _CODE["chat" if rendering == "chat" else "plain"]
+    code = _CODE["plain"] if rendering != "chat" else _CODE["chat"] + _TURN_END_CODE[recipe.get("turn_end")]
     if not recipe["plain_call"]:
         return _manual_card(recipe, code)
     mixed = ("\nThis model was trained on string prompts (rendered as below) and on message-list prompts rendered with "
-             "the chat template, which got no BOS: for those, render as in marginkit's chat rendering and call "
+             "the chat template, which got no BOS: for those, render as in marginkit's chat rendering (a response "
+             "that the template closes with the EOS token loses it and any whitespace after it) and call "
              "`tok(prompt_text, response_text, add_special_tokens=False)`, then append the EOS id.\n"
              if rendering == "mixed" else "")
     return f"""---
