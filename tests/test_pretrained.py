@@ -186,3 +186,42 @@ def test_smollm2_gguf_import(smollm2_dir):
     assert tok.chat_template and math.isclose(reward, 0.0)  # the head starts at zero
     with pytest.raises(GgufImportError, match="not empty"):  # refused before anything is read or written
         import_gguf(smollm2_dir)
+
+
+@needs_gguf
+def test_one_gguf_parse_is_shared_by_transformers_loads(tmp_path, monkeypatch):
+    """Inside `_one_gguf_parse`, transformers' load_gguf_checkpoint (called once each for tokenizer, config and
+    weights by from_pretrained) reuses the one reader: the metadata is parsed once, not once per call."""
+    import gguf
+    from gguf import GGUFWriter
+    from gguf.gguf_reader import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from marginkit.models.gguf_import import _one_gguf_parse, _tensor_types
+
+    def write(path):
+        writer = GGUFWriter(str(path), "llama")
+        writer.add_block_count(1)
+        writer.add_context_length(8)
+        writer.add_tensor("token_embd.weight", np.zeros((4, 2), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path
+
+    file, other = write(tmp_path / "a.gguf"), write(tmp_path / "b.gguf")
+    parses = []
+    build = GGUFReader._build_fields
+    monkeypatch.setattr(GGUFReader, "_build_fields", lambda self, *a: parses.append(1) or build(self, *a))
+    original = gguf.GGUFReader, gguf.get_tensor_name_map
+    with _one_gguf_parse(file) as reader:
+        configs = [load_gguf_checkpoint(str(file))["config"] for _ in range(3)]
+        assert len(parses) == 1 and gguf.GGUFReader(str(tmp_path / "." / "a.gguf")) is reader
+        assert _tensor_types(reader) == {"F32": 1}
+        assert gguf.GGUFReader(str(other)) is not reader and len(parses) == 2  # another file: its own parse
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 1) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 1)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == original  # restored
+    assert configs[0] == configs[2] and configs[0]["model_type"] == "llama"
+    load_gguf_checkpoint(str(file))
+    assert len(parses) == 3  # outside the block transformers parses again
