@@ -166,6 +166,8 @@ def test_seed_001_ranking_beside_ours():
     # ours with BT RMs, means over seeds: SFT 0.2, DPO max(0.4, 0.2) = 0.4, PPO 0.2, GRPO -0.3 (ties keep order)
     ours = next(x for x in text.splitlines() if x.startswith("| ours, RMs trained with BT"))
     assert "| +0.200 | +0.400 | +0.200 | -0.300 | DPO > SFT > PPO > GRPO |" in ours
+    # dpo-0.1 (0.4) above SFT (0.2); dpo-0.3 equals SFT (0.2), not above: the order reverses
+    assert text.splitlines()[-1].endswith("ours does (DPO above SFT at β 0.1, not above at β 0.3).")
 
 
 def test_result_json_is_the_rows_source(tmp_path):

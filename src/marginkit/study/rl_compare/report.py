@@ -226,7 +226,11 @@ def seed_001_table(rows: list[dict[str, Any]]) -> str:
              + f" | {rank(ours_label)} |"]
     d01, d03 = mean(("dpo-0.1", "")), mean(("dpo-0.3", ""))
     lines.append("")
-    lines.append(f"DPO at β 0.1: {d01:+.3f}; at β 0.3: {d03:+.3f} (seed 001's ranking reversed between the two).")
+    sft = ours["SFT"]
+    same = (d01 > sft) == (d03 > sft)
+    lines.append(f"DPO at β 0.1: {d01:+.3f}; at β 0.3: {d03:+.3f}; SFT {sft:+.3f}. Seed 001's order of SFT and DPO "
+                 f"reversed between the two β; ours {'does not' if same else 'does'} (DPO "
+                 f"{'above' if d01 > sft else 'not above'} SFT at β 0.1, {'above' if d03 > sft else 'not above'} at β 0.3).")
     return "\n".join(lines) + "\n"
 
 
