@@ -142,6 +142,25 @@ def test_over_optimisation_table_finds_the_peak_by_hand():
     assert "+0.000 → +2.000" in line and line.endswith("| 1.50 |")
 
 
+def test_predictions_apply_their_stated_rules_by_hand():
+    from marginkit.study.rl_compare.report import predictions
+
+    text = predictions(_rows(), []).splitlines()
+    # 1: SFT - base = 0.1, 0.2, 0.3, higher in every seed
+    assert text[0].startswith("1. SFT − base sampler +0.200 [-0.048, +0.448]") and text[0].endswith("**held**.")
+    # 2: +1.000 exactly (interval above +0.5) at KL 2.00
+    assert "+1.000 [+1.000, +1.000] at KL 2.00" in text[1] and text[1].endswith("**held**.")
+    # 5 (no BoN rows, no curves, so 3 and 4 are absent): grpo +1.1, ppo +0.2: label at least as good in both
+    five = next(x for x in text if x.startswith("5."))
+    assert "grpo +1.100, ppo +0.200" in five and five.endswith("**held**.")
+    # 6: dpo-0.1 +0.2 and dpo-0.3 +0.0 over SFT: dpo-0.3 is no gain -> failed
+    six = next(x for x in text if x.startswith("6."))
+    assert "β 0.1 +0.200" in six and "β 0.3 +0.000" in six and six.endswith("**failed**.")
+    # 7: SFT means 0.2: grpo/label 0.2 + 0.5 + 0.1 = 0.8 first, grpo/bt -0.3 last
+    assert text[-1] == ("7. (No prediction.) RM-driven RL runs by true reward: grpo/label +0.800 > ppo/label +0.400 > "
+                        "ppo/bt +0.200 > grpo/bt -0.300.")
+
+
 def test_alerts_table_counts_seeds_by_hand():
     alerts = [{"seed": 0, "method": "grpo", "rm": "label", "check": "kl_blowup", "first_step": 100, "count": 3},
               {"seed": 0, "method": "grpo", "rm": "label", "check": "reward_hacking", "first_step": 190, "count": 1},

@@ -17,7 +17,7 @@ import numpy as np
 from marginkit.evaluate.stats import holm, min_detectable_effect, pooled_se_interval, t_interval, t_test_p
 from marginkit.study.render import read_rows
 
-__all__ = ["ROWS", "CURVES", "RM_ROWS", "ALERT_ROWS", "load_rows", "alerts_table", "SEED_001", "ORDER", "format_tables", "write_plots", "render_docs", "DOC", "FRONTIER_PNG", "OVEROPT_PNG"]
+__all__ = ["ROWS", "CURVES", "RM_ROWS", "ALERT_ROWS", "load_rows", "alerts_table", "predictions", "SEED_001", "ORDER", "format_tables", "write_plots", "render_docs", "DOC", "FRONTIER_PNG", "OVEROPT_PNG"]
 
 DOC = "rl_compare.md"
 # the rows files (runner.py)
@@ -234,10 +234,91 @@ def seed_001_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gold(by: dict, seeds: list[int], k: tuple[str, str], key: str = "gold") -> float:
+    return float(np.mean([by[(s, *k)][key] for s in seeds]))
+
+
+def predictions(rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> str:
+    """docs/rl_compare.md's predictions (written before the runs) checked against the rows, each with the numbers
+    it rests on and a verdict by the rule stated in its line. Means over seeds; intervals from the tables."""
+    by, seeds = _by(rows), sorted({int(r["seed"]) for r in rows})
+    sft = _gold(by, seeds, ("sft", ""))
+    bon = _bon_max(rows)
+    rm_runs = [(m, rm) for m, rm in ORDER_RL if rm in ("bt", "label")]
+    out = []
+
+    def verdict(ok: bool | None) -> str:
+        return "**held**" if ok else ("**failed**" if ok is not None else "**held in part**")
+
+    c = _paired(by, seeds, ("sft", ""), ("base", ""))
+    if c:
+        out.append(f"1. SFT − base sampler {_ci(c['t'])} (95% t), SFT higher in {sum(d > 0 for d in c['d'])} of "
+                   f"{len(seeds)} seeds (rule: higher in every seed): {verdict(all(d > 0 for d in c['d']))}.")
+    c = _paired(by, seeds, ("grpo", "gold"), ("sft", ""))
+    if c:
+        kl = _gold(by, seeds, ("grpo", "gold"), "kl")
+        out.append(f"2. GRPO on the true reward − SFT {_ci(c['t'])} at KL {kl:.2f} (rule: the interval above +0.5, KL "
+                   f"under 10): {verdict(c['t'][1] > 0.5 and kl < 10)}.")
+    ceiling = _gold(by, seeds, ("grpo", "gold"))
+    parts, falls = [], []
+    for m, rm in rm_runs:
+        xs, golds = _mean_curve(curves, m, rm, "rm_reward", "gold")
+        if not xs:
+            continue
+        fell = max(golds) - golds[-1]
+        falls.append(xs[-1] > xs[0] and fell > 0.1)
+        parts.append(f"{m}/{rm} RM {xs[0]:+.2f} → {xs[-1]:+.2f}, gold peak − last {fell:+.2f}")
+    below = all(_gold(by, seeds, k) < ceiling - 0.3 for k in rm_runs if all((s, *k) in by for s in seeds))
+    if parts:
+        ok = None if 0 < sum(falls) < len(falls) else all(falls)
+        out.append(f"3. Over-optimisation (validation curves, mean over seeds): {'; '.join(parts)}. The RM reward "
+                   f"rose and the gold reward fell by more than 0.1 after its peak in {sum(falls)} of {len(falls)} "
+                   f"RM-driven runs; every RM-driven run ends more than 0.3 below the ceiling ({ceiling:+.3f}): "
+                   f"{'yes' if below else 'no'} (rule: both in every run): {verdict(ok and below if ok else ok)}.")
+    if bon:
+        rates = {f"{bon}/{rm}": (_gold(by, seeds, (bon, rm)) - sft) / _gold(by, seeds, (bon, rm), "kl")
+                 for rm in ("bt", "label") if all((s, bon, rm) in by for s in seeds)}
+        rl_rates = {f"{m}/{rm}": (_gold(by, seeds, (m, rm)) - sft) / _gold(by, seeds, (m, rm), "kl") for m, rm in rm_runs
+                    if all((s, m, rm) in by for s in seeds) and _gold(by, seeds, (m, rm), "kl") > 0}
+        ns = sorted({int(r["policy"].split("-")[1]) for r in rows if r["family"] == "bon"})
+        rising = all(all(_gold(by, seeds, (f"bon-{a}", rm)) < _gold(by, seeds, (f"bon-{b}", rm)) for a, b in
+                         zip(ns, ns[1:])) for rm in ("bt", "label"))
+        best_rl = max(rl_rates.items(), key=lambda kv: kv[1]) if rl_rates else ("—", math.nan)
+        ok = bool(rates) and min(rates.values()) > best_rl[1] and rising
+        out.append("4. Gold gain over SFT per nat of KL: " + ", ".join(f"{k} {v:+.3f}" for k, v in rates.items())
+                   + f"; the best RM-driven RL run {best_rl[0]} {best_rl[1]:+.3f}. Gold rises with every doubling of "
+                   f"N for both RMs: {'yes' if rising else 'no'} (rule: BoN above every RL run, and rising): "
+                   f"{verdict(ok)}.")
+    diffs = []
+    for m in ([bon] if bon else []) + ["grpo", "rloo", "ppo"]:
+        c = _paired(by, seeds, (m, "label"), (m, "bt"))
+        if c:
+            diffs.append((m, c["t"][0], c["t"][2]))
+    if diffs:
+        ge = sum(d >= 0 for _, d, _ in diffs)
+        out.append("5. Label-margin RM − BT RM: " + ", ".join(f"{m} {d:+.3f}" for m, d, _ in diffs)
+                   + f"; label at least as good on average in {ge} of {len(diffs)} (rule: all): "
+                   + verdict(True if ge == len(diffs) else (None if ge else False)) + ".")
+    if all((s, k, "") in by for s in seeds for k in ("dpo-0.1", "dpo-0.3")):
+        gains = {k: _gold(by, seeds, (k, "")) - sft for k in ("dpo-0.1", "dpo-0.3")}
+        kls = {k: _gold(by, seeds, (k, ""), "kl") for k in ("dpo-0.1", "dpo-0.3")}
+        modest = all(0 < g < (ceiling - sft) / 2 for g in gains.values())
+        out.append(f"6. DPO − SFT: β 0.1 {gains['dpo-0.1']:+.3f} at KL {kls['dpo-0.1']:.2f}, β 0.3 "
+                   f"{gains['dpo-0.3']:+.3f} at KL {kls['dpo-0.3']:.2f}; the ceiling's gain {ceiling - sft:+.3f} "
+                   f"(rule: a gain, under half the ceiling's, and β 0.1 further from SFT): "
+                   f"{verdict(modest and kls['dpo-0.1'] > kls['dpo-0.3'])}.")
+    ranked = sorted(((m, rm) for m, rm in rm_runs if all((s, m, rm) in by for s in seeds)),
+                    key=lambda k: -_gold(by, seeds, k))
+    out.append("7. (No prediction.) RM-driven RL runs by true reward: "
+               + " > ".join(f"{m}/{rm} {_gold(by, seeds, (m, rm)):+.3f}" for m, rm in ranked) + ".")
+    return "\n".join(out) + "\n"
+
+
 def format_tables(rows: list[dict[str, Any]], curves: list[dict[str, Any]], rms: list[dict[str, Any]],
                   alerts: list[dict[str, Any]]) -> str:
     """Every table as one markdown text (the run folder's summary.md)."""
-    return "\n".join(["## Positive controls\n", controls(rows), "## Every policy\n", main_table(rows),
+    return "\n".join(["## Positive controls\n", controls(rows), "## Predictions, checked\n",
+                      predictions(rows, curves), "## Every policy\n", main_table(rows),
                       "## The margin question: label-margin RM vs BT RM\n", margin_table(rows),
                       "## Over-optimisation (validation curves)\n", over_optimisation_table(curves),
                       "## The margin monitor during the RL runs\n", alerts_table(alerts, curves),
@@ -340,6 +421,6 @@ def render_docs(docs_dir: Path, plots: bool = True) -> dict[str, dict[str, str]]
     d = load_rows(Path(docs_dir) / "study")
     if plots:
         write_plots(d["rows"], d["curves"], Path(docs_dir) / "study")
-    return {DOC: {"rl-controls": controls(d["rows"]), "rl-main": main_table(d["rows"]),
+    return {DOC: {"rl-controls": controls(d["rows"]), "rl-predictions": predictions(d["rows"], d["curves"]), "rl-main": main_table(d["rows"]),
                   "rl-margin": margin_table(d["rows"]), "rl-overopt": over_optimisation_table(d["curves"]),
                   "rl-rms": rm_table(d["rms"]), "rl-alerts": alerts_table(d["alerts"], d["curves"]), "rl-seed001": seed_001_table(d["rows"])}}

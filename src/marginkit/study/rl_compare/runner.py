@@ -61,6 +61,7 @@ class CompareSize:
     n_sft: int  # training pairs whose chosen responses the SFT model learns
     n_pref: int  # the first n_pref of them: the preference data of DPO and the RMs
     n_prompts: int  # test prompts of the evaluation
+    n_test_pairs: int  # test pairs of the RMs' accuracy
     samples: int  # completions per test prompt
     hidden: int
     layers: int
@@ -76,10 +77,10 @@ class CompareSize:
 COMPARE_SIZES = {
     # full: about 9 min of CPU per seed, one thread (docs/rl_compare.md says the measured time).
     # The SFT data size is what lets SFT beat the base sampler (docs/rl_compare.md, "The policy can learn").
-    "full": CompareSize(n_sft=40000, n_pref=5000, n_prompts=100, samples=4, hidden=64, layers=2, sft_epochs=3,
+    "full": CompareSize(n_sft=40000, n_pref=5000, n_prompts=200, n_test_pairs=1000, samples=4, hidden=64, layers=2, sft_epochs=6,
                         dpo_epochs=2, rm_epochs=2, rl_steps=300, eval_every=25, eval_prompts=64, bon_n=16),
     # tiny: seconds, for tests; nothing it prints means anything.
-    "tiny": CompareSize(n_sft=96, n_pref=48, n_prompts=4, samples=2, hidden=16, layers=1, sft_epochs=1,
+    "tiny": CompareSize(n_sft=96, n_pref=48, n_prompts=4, n_test_pairs=16, samples=2, hidden=16, layers=1, sft_epochs=1,
                         dpo_epochs=1, rm_epochs=1, rl_steps=2, eval_every=1, eval_prompts=2, bon_n=4),
 }
 
@@ -149,7 +150,7 @@ def _world_and_sft(size: CompareSize, seed: int, out: Path, say: Callable[[str],
     from marginkit.data.world import WorldConfig, make_world
     from marginkit.study.world_pipeline import PipelineSize, world_sft
 
-    world = make_world(WorldConfig(seed=seed, n_train=size.n_sft, n_val=200, n_test=size.n_prompts))
+    world = make_world(WorldConfig(seed=seed, n_train=size.n_sft, n_val=200, n_test=size.n_test_pairs))
     pipeline = PipelineSize(n_train=size.n_sft, n_test_pairs=size.n_prompts, n_prompts=size.n_prompts,
                             samples_per_prompt=size.samples, hidden=size.hidden, layers=size.layers,
                             sft_epochs=size.sft_epochs, dpo_epochs=size.dpo_epochs)
