@@ -36,6 +36,7 @@ RENDERERS: list[str] = [
     "marginkit.study.real.report:render_docs",
     "marginkit.study.bon_world:render_docs",
     "marginkit.study.world_pipeline:render_docs",
+    "marginkit.study.rl_compare.report:render_docs",
 ]
 
 

@@ -158,9 +158,10 @@ def rm_table(rms: list[dict[str, Any]]) -> str:
 
 
 def over_optimisation_table(curves: list[dict[str, Any]]) -> str:
-    """Per RL run, from its validation curve (mean over seeds at each step): the step where the gold reward
-    peaks, the gold reward there and at the end, and the RM reward's rise over the same steps."""
-    lines = ["| run | gold at step 0 → peak (step) → last | drop after peak [95% t] | its reward: first → last | "
+    """Per RL run, from its validation curve (mean over seeds at each step): the gold reward at the first
+    evaluation (step eval_every, not step 0), the step where it peaks, the gold reward there and at the end,
+    and the RM reward's rise over the same steps."""
+    lines = ["| run | gold at the first evaluation → peak (step) → last | drop after peak [95% t] | its reward: first → last | "
              "KL at last |", "|---|---|---|---|---|"]
     for method, rm in dict.fromkeys((c["method"], c["rm"]) for c in curves):
         mine = [c for c in curves if c["method"] == method and c["rm"] == rm]
@@ -399,7 +400,8 @@ def plot_over_optimisation(curves: list[dict[str, Any]], path: Path) -> Path:
         for method in dict.fromkeys(c["method"] for c in curves if c["rm"] == rm):
             xs, ys = _mean_curve(curves, method, rm, "rm_reward", "gold")
             ax.plot(xs, ys, marker=_STYLE.get(method, "."), ms=3, label=method)
-            ax.annotate("start", (xs[0], ys[0]), fontsize=7, textcoords="offset points", xytext=(3, -9))
+            first = min(int(c["step"]) for c in curves if c["rm"] == rm and c["method"] == method)
+            ax.annotate(f"step {first}", (xs[0], ys[0]), fontsize=7, textcoords="offset points", xytext=(3, -9))
         ax.set_xlabel(f"RM {rm} reward (the optimised proxy)")
         ax.set_ylabel("true (gold) reward")
         ax.set_title(f"Over-optimisation, RM {rm}", fontsize=10)

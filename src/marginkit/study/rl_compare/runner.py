@@ -3,7 +3,8 @@
 Per seed (`run_seed`), in this order:
 
 1. **World and SFT.** A world of `n_sft` training pairs; a tiny causal LM with the world's word tokenizer is
-   SFT'd on every chosen response (demonstrations). The evaluation prompts are the test split's requests,
+   SFT'd on every chosen response (demonstrations; 40,000 × 6 epochs at full size, which is what lets it beat
+   the base sampler). The evaluation prompts are the test split's requests,
    which no training pair asks (the world's splits own disjoint requests).
 2. **Preference data.** The first `n_pref` training pairs, the same for every preference method: the
    DPO family trains on them, and so do the two reward models.
@@ -75,13 +76,13 @@ class CompareSize:
 
 
 COMPARE_SIZES = {
-    # full: about 9 min of CPU per seed, one thread (docs/rl_compare.md says the measured time).
-    # The SFT data size is what lets SFT beat the base sampler (docs/rl_compare.md, "The policy can learn").
-    "full": CompareSize(n_sft=40000, n_pref=5000, n_prompts=200, n_test_pairs=1000, samples=4, hidden=64, layers=2, sft_epochs=6,
-                        dpo_epochs=2, rm_epochs=2, rl_steps=300, eval_every=25, eval_prompts=64, bon_n=16),
+    # full: 5 seeds took 36 min of wall time with --jobs 3 on the 2-core VM (docs/rl_compare.md). The SFT data
+    # size and epochs are what let SFT beat the base sampler (docs/rl_compare.md, "The policy can learn").
+    "full": CompareSize(n_sft=40000, n_pref=5000, n_prompts=200, n_test_pairs=1000, samples=4, hidden=64, layers=2,
+                        sft_epochs=6, dpo_epochs=2, rm_epochs=2, rl_steps=300, eval_every=25, eval_prompts=64, bon_n=16),
     # tiny: seconds, for tests; nothing it prints means anything.
-    "tiny": CompareSize(n_sft=96, n_pref=48, n_prompts=4, n_test_pairs=16, samples=2, hidden=16, layers=1, sft_epochs=1,
-                        dpo_epochs=1, rm_epochs=1, rl_steps=2, eval_every=1, eval_prompts=2, bon_n=4),
+    "tiny": CompareSize(n_sft=96, n_pref=48, n_prompts=4, n_test_pairs=16, samples=2, hidden=16, layers=1,
+                        sft_epochs=1, dpo_epochs=1, rm_epochs=1, rl_steps=2, eval_every=1, eval_prompts=2, bon_n=4),
 }
 
 # The RMs: the margin map's control and its best margin (label: the independent rating gap, scale 0.5).
