@@ -104,6 +104,12 @@ def test_main_table_differences_by_hand():
     # grpo on the true reward: SFT + 1 on every seed -> exactly +1.000, p = 0 (sd 0)
     gold = next(x for x in table.splitlines() if x.startswith("| grpo (true reward) |"))
     assert "| +1.000 [+1.000, +1.000] |" in gold and "<0.001" in gold
+    # Holm over the 8 comparisons with SFT: p = 0 (grpo gold, grpo bt, ppo label: constant non-zero differences),
+    # 0.00913 (grpo label: 0.5, 0.6, 0.7, t = 10.39), 0.0742 twice (base and dpo-0.1: t = 3.464 on 2 df), 1 twice
+    # (dpo-0.3, ppo bt: all 0). Sorted, k = 4th: 5 x 0.00913 = 0.046; 5th: 4 x 0.0742 = 0.297; 6th: max(0.297, 3 x
+    # 0.0742) = 0.297.
+    assert "| 0.297 |" in line
+    assert "| 0.046 |" in next(x for x in table.splitlines() if x.startswith("| grpo (RM label) |"))
     # its RM's reward - SFT: grpo with RM bt scores 3.0 under rm_bt, SFT 0.0
     bt = next(x for x in table.splitlines() if x.startswith("| grpo (RM bt) |"))
     assert "| +3.000 [+3.000, +3.000] |" in bt
