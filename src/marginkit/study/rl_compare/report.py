@@ -275,7 +275,7 @@ def predictions(rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> str
         out.append(f"3. Over-optimisation (validation curves, mean over seeds): {'; '.join(parts)}. The RM reward "
                    f"rose and the gold reward fell by more than 0.1 after its peak in {sum(falls)} of {len(falls)} "
                    f"RM-driven runs; every RM-driven run ends more than 0.3 below the ceiling ({ceiling:+.3f}): "
-                   f"{'yes' if below else 'no'} (rule: both in every run): {verdict(ok and below if ok else ok)}.")
+                   f"{'yes' if below else 'no'} (rule: both in every run): {verdict(None if ok is None else ok and below)}.")
     if bon:
         rates = {f"{bon}/{rm}": (_gold(by, seeds, (bon, rm)) - sft) / _gold(by, seeds, (bon, rm), "kl")
                  for rm in ("bt", "label") if all((s, bon, rm) in by for s in seeds)}

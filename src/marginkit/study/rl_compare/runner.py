@@ -265,11 +265,13 @@ class _Judge:
         seconds = time.perf_counter() - t0
         gold = self.world.true_rewards(prompts, texts).reshape(len(self.prompts), n_max)
         out = []
+        scored, score_seconds = {}, {}  # every RM scores the samples once: it picks with them and is read on picks
         for name, rm in self.rms.items():
             t0 = time.perf_counter()
-            scores = rm(prompts, texts).reshape(len(self.prompts), n_max)
-            pick_seconds = time.perf_counter() - t0
-            other = {o: r(prompts, texts).reshape(len(self.prompts), n_max) for o, r in self.rms.items()}
+            scored[name] = rm(prompts, texts).reshape(len(self.prompts), n_max)
+            score_seconds[name] = time.perf_counter() - t0
+        for name in self.rms:
+            scores, pick_seconds = scored[name], score_seconds[name]
             n = 1
             while n <= n_max:
                 picks = best_of_n_picks(scores, n)  # [P]: the index of the pick among the first n samples
@@ -277,7 +279,7 @@ class _Judge:
                 g = gold[rows, picks]
                 out.append({"seed": self.seed, "policy": f"bon-{n}", "family": "bon", "rm": name,
                             "gold": float(g.mean()), "gold_se": float(g.std(ddof=1) / np.sqrt(len(g))),
-                            **{f"rm_{o}": float(v[rows, picks].mean()) for o, v in other.items()},
+                            **{f"rm_{o}": float(v[rows, picks].mean()) for o, v in scored.items()},
                             "kl": bon_kl(n), "words": float(np.mean([len(texts[i * n_max + k].split())
                                                                      for i, k in enumerate(picks)])),
                             "n_samples": len(g), "seconds": round(seconds + pick_seconds, 1)})
