@@ -22,6 +22,7 @@ __all__ = ["ROWS", "CURVES", "RM_ROWS", "ALERT_ROWS", "load_rows", "alerts_table
 DOC = "rl_compare.md"
 # the rows files (runner.py)
 ROWS, CURVES, RM_ROWS, ALERT_ROWS = "rl_compare.csv.gz", "rl_curves.csv.gz", "rl_rms.csv.gz", "rl_alerts.csv.gz"
+FIRST_RUN_ROWS = "rl_compare_first_run.csv.gz"  # docs/study/: the first full run (SFT 3 epochs), its policy rows
 FRONTIER_PNG, OVEROPT_PNG = "rl_frontier.png", "rl_over_optimisation.png"
 
 # Seed 001's head-to-head (mean reward on its task, one run each; DPO at beta 0.3 after tuning from 0.1).
@@ -419,10 +420,12 @@ def write_plots(rows: list[dict[str, Any]], curves: list[dict[str, Any]], folder
 
 def render_docs(docs_dir: Path, plots: bool = True) -> dict[str, dict[str, str]]:
     """study.render's renderer: docs/rl_compare.md's blocks (and, with `plots`, its two PNGs under docs/study/)
-    from docs/study/rl_compare.csv.gz, rl_curves.csv.gz, rl_rms.csv.gz and rl_alerts.csv.gz."""
+    from docs/study/rl_compare.csv.gz, rl_curves.csv.gz, rl_rms.csv.gz and rl_alerts.csv.gz, and the first full
+    run's controls from rl_compare_first_run.csv.gz."""
     d = load_rows(Path(docs_dir) / "study")
     if plots:
         write_plots(d["rows"], d["curves"], Path(docs_dir) / "study")
-    return {DOC: {"rl-controls": controls(d["rows"]), "rl-predictions": predictions(d["rows"], d["curves"]), "rl-main": main_table(d["rows"]),
+    first = read_rows(Path(docs_dir) / "study" / FIRST_RUN_ROWS)  # the run whose SFT failed the first control
+    return {DOC: {"rl-first-run": controls(first), "rl-controls": controls(d["rows"]), "rl-predictions": predictions(d["rows"], d["curves"]), "rl-main": main_table(d["rows"]),
                   "rl-margin": margin_table(d["rows"]), "rl-overopt": over_optimisation_table(d["curves"]),
                   "rl-rms": rm_table(d["rms"]), "rl-alerts": alerts_table(d["alerts"], d["curves"]), "rl-seed001": seed_001_table(d["rows"])}}
